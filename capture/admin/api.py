@@ -1,0 +1,185 @@
+"""The admin control API: JSON over HTTP, every route behind a bearer token.
+
+It keeps no data of its own: each route is a call to the session manager
+over the UNIX socket, so the session manager stays the one source of truth.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import time
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+
+from capture import __version__
+from capture.shipper import CallFailed, Shipper, Unavailable
+
+MAX_BODY = 64 * 1024
+_SESSION_FIELDS = {"name", "clients", "filter", "capture_responses", "cookies"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class AdminApi(resource.Resource):
+    """Routes ``/api/...`` requests to session-manager calls."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, shipper: Shipper, token: str, status: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self._shipper = shipper
+        self._token = token.encode("ascii")
+        self._status = status
+        S, F = r"/api/sessions/(\d{1,15})", r"/api/flows/(\d{1,15})"
+        self._routes: list[tuple[bytes, re.Pattern[str], Callable[..., Any]]] = [
+            (b"GET", re.compile(r"/api/status"), self._get_status),
+            (b"GET", re.compile(r"/api/sessions"), self._list_sessions),
+            (b"POST", re.compile(r"/api/sessions"), self._create_session),
+            (b"GET", re.compile(S), self._get_session),
+            (b"DELETE", re.compile(S), self._delete_session),
+            (b"POST", re.compile(S + r"/(pause|resume|stop|clear)"), self._change_session),
+            (b"GET", re.compile(S + r"/flows"), self._list_flows),
+            (b"GET", re.compile(F), self._get_flow),
+        ]
+
+    def render(self, request: server.Request) -> Any:
+        d = defer.maybeDeferred(self._dispatch, request)
+        d.addCallbacks(lambda result: self._respond(request, *result), lambda f: self._failed(request, f))
+        return server.NOT_DONE_YET
+
+    def _dispatch(self, request: server.Request) -> Any:
+        if not self._authorised(request):
+            raise ApiError(401, "missing or wrong bearer token")
+        path = request.path.decode("utf-8", "replace").rstrip("/")
+        allowed = []
+        for method, pattern, handler in self._routes:
+            match = pattern.fullmatch(path)
+            if match:
+                if request.method == method:
+                    return defer.ensureDeferred(handler(request, *match.groups()))
+                allowed.append(method.decode())
+        if allowed:
+            raise ApiError(405, f"method not allowed here; use {', '.join(allowed)}")
+        raise ApiError(404, "no such route")
+
+    def _authorised(self, request: server.Request) -> bool:
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, token = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token)
+
+    def _respond(self, request: server.Request, status: int, body: Any) -> None:
+        if request._disconnected:
+            return
+        request.setResponseCode(status)
+        if status == 204:
+            request.finish()
+            return
+        request.setHeader(b"Content-Type", b"application/json")
+        request.write(json.dumps(body, indent=1).encode("utf-8") + b"\n")
+        request.finish()
+
+    def _failed(self, request: server.Request, failure: Failure) -> None:
+        if failure.check(ApiError):
+            status, message = failure.value.status, failure.value.message
+        elif failure.check(CallFailed):
+            status, message = failure.value.status, failure.value.message
+        elif failure.check(Unavailable):
+            status, message = 503, f"session manager unavailable: {failure.value}"
+        else:
+            self.log.failure("admin request {path} failed", failure, path=request.path)
+            status, message = 500, "internal error; see the appliance's log"
+        if status == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="capture"')
+        self._respond(request, status, {"error": message})
+
+    # -- routes -------------------------------------------------------------------
+
+    async def _get_status(self, request: server.Request) -> tuple[int, Any]:
+        status = self._status()
+        if self._shipper.connected:
+            try:
+                manager = await self._shipper.call("status")
+                status["session_manager"]["sessions"] = manager["sessions"]
+            except (Unavailable, CallFailed):
+                pass
+        return 200, status
+
+    async def _list_sessions(self, request: server.Request) -> tuple[int, Any]:
+        return 200, await self._shipper.call("sessions.list")
+
+    async def _create_session(self, request: server.Request) -> tuple[int, Any]:
+        fields = _json_body(request)
+        unknown = set(fields) - _SESSION_FIELDS
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        fields.setdefault("name", time.strftime("session %Y-%m-%d %H:%M:%S"))
+        return 201, await self._shipper.call("sessions.create", **fields)
+
+    async def _get_session(self, request: server.Request, session_id: str) -> tuple[int, Any]:
+        return 200, await self._shipper.call("sessions.get", session_id=int(session_id))
+
+    async def _delete_session(self, request: server.Request, session_id: str) -> tuple[int, Any]:
+        await self._shipper.call("sessions.delete", session_id=int(session_id))
+        return 204, None
+
+    async def _change_session(self, request: server.Request, session_id: str, action: str) -> tuple[int, Any]:
+        return 200, await self._shipper.call(f"sessions.{action}", session_id=int(session_id))
+
+    async def _list_flows(self, request: server.Request, session_id: str) -> tuple[int, Any]:
+        args = {
+            "session_id": int(session_id),
+            "limit": _int_arg(request, "limit", 100),
+            "offset": _int_arg(request, "offset", 0),
+            "filter": _str_arg(request, "filter"),
+        }
+        return 200, await self._shipper.call("flows.list", **args)
+
+    async def _get_flow(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
+        return 200, await self._shipper.call("flows.get", flow_id=int(flow_id))
+
+
+def _json_body(request: server.Request) -> dict[str, Any]:
+    data = request.content.read(MAX_BODY + 1)
+    if len(data) > MAX_BODY:
+        raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
+    if not data.strip():
+        return {}
+    try:
+        fields = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"request body is not JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return fields
+
+
+def _str_arg(request: server.Request, name: str) -> str:
+    values = request.args.get(name.encode())
+    if not values:
+        return ""
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, f"parameter {name} is not UTF-8") from None
+
+
+def _int_arg(request: server.Request, name: str, default: int) -> int:
+    text = _str_arg(request, name)
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ApiError(400, f"parameter {name} must be an integer, not {text!r}") from None

@@ -1,0 +1,185 @@
+"""HTTP/1 message heads and framing for a forwarding proxy; no I/O.
+
+Parsing itself is llhttp (through ``httptools``): C speed and strict about
+the ambiguities request smuggling lives on.  What is here is what a proxy
+adds on top: the request target, hop-by-hop headers, framing decisions and
+serialising heads in one piece with header order and case kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 7.6.1, plus the proxy-only ones a proxy consumes.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+
+REASONS = {
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    504: b"Gateway Timeout",
+    508: b"Loop Detected",
+}
+
+
+class BadRequest(Exception):
+    """A request the proxy refuses before forwarding; ``status`` says how."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request goes: scheme, host, port and the origin-form path."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @property
+    def authority(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        text = host if self.port == default else f"{host}:{self.port}"
+        return text.encode("idna" if not text.isascii() else "ascii")
+
+
+def parse_target(raw: bytes) -> Target:
+    """The absolute-form target of a proxied request (RFC 9112 3.2.2)."""
+    try:
+        text = raw.decode("ascii")
+        parts = urlsplit(text)
+        port = parts.port
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("malformed request target") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest("a proxy request needs an absolute http:// URL")
+    if "@" in parts.netloc:
+        raise BadRequest("userinfo is not allowed in the request target")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    default = 443 if scheme == "https" else 80
+    return Target(scheme, parts.hostname.lower(), port or default, path)
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    """Lower-cased tokens of every Connection header."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
+def end_to_end(headers: Headers, keep: frozenset[bytes] = frozenset()) -> Headers:
+    """Headers without hop-by-hop ones (and those named by Connection), order kept.
+
+    ``keep`` names hop-by-hop headers the caller re-uses as they are (framing).
+    """
+    drop = (HOP_BY_HOP | connection_tokens(headers)) - keep
+    return [(n, v) for n, v in headers if n.lower() not in drop]
+
+
+def request_framing(headers: Headers) -> str:
+    """'length', 'chunked' or 'none' for a request, refusing ambiguous framing."""
+    lengths = [v for n, v in headers if n.lower() == b"content-length"]
+    encodings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
+    if encodings:
+        if lengths:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        if b",".join(encodings).strip().lower() != b"chunked":
+            raise BadRequest("unsupported Transfer-Encoding")
+        return "chunked"
+    if lengths:
+        if len({v.strip() for v in lengths}) != 1:
+            raise BadRequest("conflicting Content-Length values")
+        return "length"
+    return "none"
+
+
+def response_framing(headers: Headers, status: int, head_request: bool) -> str:
+    """'none', 'length', 'chunked' or 'close' for a response (RFC 9112 6.3)."""
+    if head_request or status < 200 or status in (204, 304):
+        return "none"
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"transfer-encoding":
+            return "chunked" if value.strip().lower().endswith(b"chunked") else "close"
+    for name, _ in headers:
+        if name.lower() == b"content-length":
+            return "length"
+    return "close"
+
+
+def with_host(headers: Headers, authority: bytes) -> Headers:
+    """Replace Host with the target's authority (RFC 9112 3.2.2), in place of the first one."""
+    out: Headers = []
+    placed = False
+    for name, value in headers:
+        if name.lower() == b"host":
+            if not placed:
+                out.append((name, authority))
+                placed = True
+            continue
+        out.append((name, value))
+    if not placed:
+        out.insert(0, (b"Host", authority))
+    return out
+
+
+def request_head(method: bytes, path: bytes, headers: Headers) -> bytes:
+    lines = [b"%s %s HTTP/1.1" % (method, path)]
+    lines.extend(b"%s: %s" % pair for pair in headers)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+def response_head(version: bytes, status: int, reason: bytes, headers: Headers) -> bytes:
+    lines = [b"HTTP/%s %d %s" % (version, status, reason)]
+    lines.extend(b"%s: %s" % pair for pair in headers)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+def error_response(status: int, message: str, close: bool = True) -> bytes:
+    """A short plain-text response the proxy itself sends."""
+    body = message.encode("utf-8") + b"\n"
+    headers = [
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Content-Length", b"%d" % len(body)),
+    ]
+    if close:
+        headers.append((b"Connection", b"close"))
+    return response_head(b"1.1", status, REASONS.get(status, b"Error"), headers) + body
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """One chunk of a chunked body, as pieces for writeSequence (no copy of data)."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+def last_chunk(trailers: Headers) -> bytes:
+    return b"0\r\n" + b"".join(b"%s: %s\r\n" % pair for pair in trailers) + b"\r\n"

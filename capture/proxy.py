@@ -1,0 +1,575 @@
+"""The forward proxy: one protocol per client connection, one Exchange per request.
+
+Bodies stream in both directions: each side's transport is registered as
+the producer of the other, so a slow reader pauses the fast writer and a
+1 GiB transfer passes with flat memory.  Capture keeps at most
+``max_capture_body`` bytes per body and never changes what is forwarded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections import deque
+from typing import Any
+
+import httptools
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+from capture import http1, pages
+from capture.config import Settings
+from capture.flow import Flow, Message
+from capture.rules import matching_sessions
+from capture.shipper import Shipper
+from capture.upstream import UpstreamPool, UpstreamProtocol, describe_connect_error
+
+_LOCAL_NAMES = {"localhost", "localhost.localdomain", "0.0.0.0", "::", socket.gethostname().lower()}
+
+
+class ProxyFactory(Factory):
+    """What every client connection shares: settings, pool, shipper, own ports."""
+
+    noisy = False
+
+    log = Logger()
+
+    def __init__(self, settings: Settings, shipper: Shipper, reactor: Any, pool: UpstreamPool | None = None) -> None:
+        self.settings = settings
+        self.shipper = shipper
+        self.reactor = reactor
+        self.pool = pool or UpstreamPool(reactor, idle_timeout=settings.proxy.idle_timeout)
+        self.own_ports: set[int] = set()
+        self.refused = 0
+        self._allowed: dict[str, bool] = {}
+
+    def buildProtocol(self, addr: Any) -> ProxyProtocol:
+        protocol = ProxyProtocol()
+        protocol.factory = self
+        return protocol
+
+    def allowed(self, client: str) -> bool:
+        verdict = self._allowed.get(client)
+        if verdict is None:
+            try:
+                address = ipaddress.ip_address(client)
+            except ValueError:
+                return False
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                address = address.ipv4_mapped
+            verdict = any(address in net for net in self.settings.proxy.allow)
+            if len(self._allowed) < 65536:
+                self._allowed[client] = verdict
+        return verdict
+
+    def is_self(self, host: str, port: int) -> bool:
+        """Would this target loop back into one of our own listeners?"""
+        if port not in self.own_ports:
+            return False
+        if host in _LOCAL_NAMES:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return address.is_loopback or address.is_unspecified
+
+
+@implementer(IPushProducer)
+class _Reason:
+    """Pauses the client for one reason, so several reasons can overlap."""
+
+    def __init__(self, protocol: ProxyProtocol, reason: str) -> None:
+        self.protocol = protocol
+        self.reason = reason
+
+    def pauseProducing(self) -> None:
+        self.protocol.pause(self.reason)
+
+    def resumeProducing(self) -> None:
+        self.protocol.resume(self.reason)
+
+    def stopProducing(self) -> None:
+        self.protocol.transport.abortConnection()
+
+
+class ProxyProtocol(Protocol):
+    """A client connection: parses requests and runs their exchanges in order."""
+
+    factory: ProxyFactory
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.client = ""
+        self.client_port = 0
+        self.closing = False
+        self._parser: Any = None
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._parsing: Exchange | None = None
+        self._exchanges: deque[Exchange] = deque()
+        self._paused: set[str] = set()
+        self._idle: Any = None
+
+    # -- connection -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.client, self.client_port = peer.host, peer.port
+        if not self.factory.allowed(self.client):
+            self.factory.refused += 1
+            self.closing = True
+            self.transport.write(http1.error_response(403, "this proxy does not serve your address"))
+            self.transport.loseConnection()
+            return
+        self.transport.setTcpNoDelay(True)
+        self._parser = httptools.HttpRequestParser(self)
+        self._start_idle_timer()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(501, "CONNECT and protocol upgrades are not supported yet")
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, http1.BadRequest):
+                self._refuse(cause.status, str(cause))
+            else:
+                self.log.failure("proxy request handling failed", Failure(cause))
+                self._refuse(500, "internal error in the proxy")
+        except httptools.HttpParserError as e:
+            self._refuse(400, f"malformed request: {e}")
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.closing = True
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        exchanges, self._exchanges = self._exchanges, deque()
+        for exchange in exchanges:
+            exchange.client_lost()
+
+    # -- flow control -----------------------------------------------------------
+
+    def pause(self, reason: str) -> None:
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and not self.closing:
+                self.transport.resumeProducing()
+
+    def producer(self, reason: str) -> _Reason:
+        return _Reason(self, reason)
+
+    # -- llhttp callbacks ---------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._url = []
+        self._headers = []
+        self._parsing = None
+
+    def on_url(self, part: bytes) -> None:
+        self._url.append(part)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.request_trailer(name, value)
+        else:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            return  # the parser raises HttpParserUpgrade next
+        framing = http1.request_framing(self._headers)
+        exchange = Exchange(
+            self,
+            method,
+            b"".join(self._url),
+            parser.get_http_version().encode("ascii"),
+            self._headers,
+            framing,
+            parser.should_keep_alive(),
+        )
+        self._parsing = exchange
+        self._exchanges.append(exchange)
+        if len(self._exchanges) == 1:
+            exchange.start()
+
+    def on_body(self, data: bytes) -> None:
+        self._parsing.request_body(data)
+
+    def on_message_complete(self) -> None:
+        exchange = self._parsing
+        if exchange is None:
+            return
+        exchange.request_end()
+        if not exchange.finished:
+            self.pause("busy")  # one request at a time; a pipelined next one waits
+
+    # -- exchanges ---------------------------------------------------------------
+
+    def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None:
+        if self._exchanges and self._exchanges[0] is exchange:
+            self._exchanges.popleft()
+        if not keep_alive:
+            self.closing = True
+            self._exchanges.clear()
+            self.transport.loseConnection()
+            return
+        if self._exchanges:
+            self._exchanges[0].start()
+        else:
+            self._start_idle_timer()
+        self.resume("busy")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer with an error (unless a response is under way) and close."""
+        active = self._exchanges[0] if self._exchanges else None
+        self.closing = True
+        if active is None or not active.response_started:
+            self.transport.write(http1.error_response(status, message))
+        self.transport.loseConnection()
+
+    def _start_idle_timer(self) -> None:
+        self._idle = self.factory.reactor.callLater(self.factory.settings.proxy.idle_timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        if not self._exchanges:
+            self.closing = True
+            self.transport.loseConnection()
+
+
+class Exchange:
+    """One request and its response, from the client's first byte to the last."""
+
+    def __init__(
+        self,
+        proxy: ProxyProtocol,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: list[tuple[bytes, bytes]],
+        framing: str,
+        keep_alive: bool,
+    ) -> None:
+        factory = proxy.factory
+        self.proxy = proxy
+        self.method = method
+        self.raw_target = target
+        self.version = version
+        self.headers = headers
+        self.framing = framing
+        self.keep_alive = keep_alive
+        self.start_time = factory.reactor.seconds()
+        self.request_complete = False
+        self.response_started = False
+        self.finished = False
+        self.upstream: UpstreamProtocol | None = None
+        self.target: http1.Target | None = None
+        self._pending: list[bytes | None] | None = []  # request body waiting for the upstream
+        self._request_trailers: list[tuple[bytes, bytes]] = []
+        self._request_size = 0
+        self._request_done: float | None = None
+        # response side
+        self._status = 0
+        self._reason = b""
+        self._response_headers: list[tuple[bytes, bytes]] = []
+        self._response_trailers: list[tuple[bytes, bytes]] = []
+        self._response_framing = "none"
+        self._out_framing = "none"
+        self._response_size = 0
+        self._response_start: float | None = None
+        # capture
+        self._candidates = factory.shipper.rules.for_client(proxy.client)
+        self._limit = factory.settings.proxy.max_capture_body
+        self._request_body = bytearray() if self._candidates else None
+        self._response_body: bytearray | None = None
+
+    # -- request side, fed by the client's parser -----------------------------------
+
+    def start(self) -> None:
+        """Our turn on the client connection: find the target and connect."""
+        factory = self.proxy.factory
+        try:
+            if self.raw_target.startswith(b"/") or self.raw_target == b"*":
+                self._answer_locally()
+                return
+            self.target = http1.parse_target(self.raw_target)
+        except http1.BadRequest as e:
+            self._fail(e.status, str(e))
+            return
+        target = self.target
+        if target.scheme != "http":
+            self._fail(400, "https:// targets must be tunnelled with CONNECT")
+            return
+        if target.host == factory.settings.proxy.magic_host:
+            self._answer_locally()
+            return
+        if factory.is_self(target.host, target.port):
+            self._fail(403, "request would loop into the appliance itself")
+            return
+        self.proxy.pause("connect")
+        d = factory.pool.acquire(target.scheme, target.host, target.port)
+        d.addCallbacks(self._connected, self._connect_failed)
+
+    def request_body(self, data: bytes) -> None:
+        self._request_size += len(data)
+        body = self._request_body
+        if body is not None and len(body) < self._limit:
+            body += data[: self._limit - len(body)]
+        if self._pending is not None:
+            self._pending.append(data)
+        elif self.upstream is not None:
+            self._write_request_body(data)
+
+    def request_trailer(self, name: bytes, value: bytes) -> None:
+        self._request_trailers.append((name, value))
+
+    def request_end(self) -> None:
+        self.request_complete = True
+        if self._pending is not None:
+            self._pending.append(None)
+        elif self.upstream is not None:
+            self._end_request_body()
+
+    # -- upstream connection ----------------------------------------------------------
+
+    def _connected(self, upstream: UpstreamProtocol) -> None:
+        self.proxy.resume("connect")
+        if self.finished:  # the client went away while we connected
+            upstream.transport.loseConnection()
+            return
+        peer = upstream.transport.getPeer()
+        if self.proxy.factory.is_self(peer.host, peer.port):
+            upstream.reusable = False
+            upstream.transport.loseConnection()
+            self._fail(403, "request would loop into the appliance itself")
+            return
+        self.upstream = upstream
+        self._server_ip = peer.host
+        upstream.start(self, self.method == b"HEAD")
+        keep = frozenset({b"transfer-encoding"}) if self.framing == "chunked" else frozenset()
+        headers = http1.with_host(http1.end_to_end(self.headers, keep), self.target.authority)
+        upstream.transport.write(http1.request_head(self.method, self.target.path.encode("ascii"), headers))
+        if not self.request_complete:
+            upstream.transport.registerProducer(self.proxy.producer("upstream"), True)
+        pending, self._pending = self._pending, None
+        for item in pending:
+            if item is None:
+                self._end_request_body()
+            else:
+                self._write_request_body(item)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self.proxy.resume("connect")
+        if not self.finished:
+            status, message = describe_connect_error(failure, self.target.host, self.target.port)
+            self._fail(status, message)
+
+    def _write_request_body(self, data: bytes) -> None:
+        if self.framing == "chunked":
+            if data:
+                self.upstream.transport.writeSequence(http1.chunk(data))
+        else:
+            self.upstream.transport.write(data)
+
+    def _end_request_body(self) -> None:
+        transport = self.upstream.transport
+        if self.framing == "chunked":
+            transport.write(http1.last_chunk(self._request_trailers))
+        if transport.producer is not None:
+            transport.unregisterProducer()
+        self.proxy.resume("upstream")
+        self._request_done = self.proxy.factory.reactor.seconds()
+
+    # -- response side, fed by the upstream's parser ------------------------------------
+
+    def response_head(self, status: int, reason: bytes, version: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        client = self.proxy.transport
+        if status < 200:
+            if status != 101 and self.version == b"1.1":
+                client.write(http1.response_head(b"1.1", status, reason, http1.end_to_end(headers)))
+            return
+        self.response_started = True
+        self._response_start = self.proxy.factory.reactor.seconds()
+        self._status, self._reason, self._response_headers = status, reason, headers
+        framing = http1.response_framing(headers, status, self.method == b"HEAD")
+        out = framing
+        if framing == "chunked" and self.version != b"1.1":
+            out = "close"  # an HTTP/1.0 client cannot read chunked
+        self._response_framing, self._out_framing = framing, out
+        if out == "close":
+            self.keep_alive = False
+        keep = frozenset({b"transfer-encoding"}) if out == "chunked" else frozenset()
+        out_headers = http1.end_to_end(headers, keep)
+        if not self.keep_alive:
+            out_headers.append((b"Connection", b"close"))
+        elif self.version != b"1.1":
+            out_headers.append((b"Connection", b"keep-alive"))
+        # A proxy sends its own HTTP version (RFC 9110 6.2), so a 1.0 origin does not end keep-alive.
+        client.write(http1.response_head(b"1.1", status, reason, out_headers))
+        if self._candidates and any(rule.capture_responses for rule in self._candidates):
+            self._response_body = bytearray()
+        if framing != "none":
+            client.registerProducer(self.upstream.transport, True)
+
+    def response_body(self, data: bytes) -> None:
+        self._response_size += len(data)
+        body = self._response_body
+        if body is not None and len(body) < self._limit:
+            body += data[: self._limit - len(body)]
+        if self._out_framing == "chunked":
+            if data:
+                self.proxy.transport.writeSequence(http1.chunk(data))
+        else:
+            self.proxy.transport.write(data)
+
+    def response_trailer(self, name: bytes, value: bytes) -> None:
+        self._response_trailers.append((name, value))
+
+    def response_end(self) -> None:
+        client = self.proxy.transport
+        if self._out_framing == "chunked":
+            client.write(http1.last_chunk(self._response_trailers))
+        if client.producer is not None:
+            client.unregisterProducer()
+        upstream, self.upstream = self.upstream, None
+        if not self.request_complete:
+            upstream.reusable = False
+        self.proxy.factory.pool.release(upstream)
+        self._finish("")
+
+    def upstream_lost(self) -> None:
+        """The origin closed the connection while this exchange used it."""
+        self.upstream = None
+        if self.response_started and self._response_framing == "close":
+            client = self.proxy.transport
+            if client.producer is not None:
+                client.unregisterProducer()
+            self._finish("")
+        elif self.response_started:
+            self._abort_client("origin closed the connection in the middle of the response")
+        else:
+            self._fail(502, "origin closed the connection without a response")
+
+    def upstream_failed(self, status: int, message: str) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.transport.abortConnection()
+        if self.response_started:
+            self._abort_client(message)
+        else:
+            self._fail(status, message)
+
+    def client_lost(self) -> None:
+        """The client went away: drop the upstream connection and record why."""
+        if self.finished:
+            return
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.transport.abortConnection()
+        if self.target is not None or self.response_started:
+            self._record("client closed the connection before the exchange completed")
+        self.finished = True
+
+    # -- endings ---------------------------------------------------------------------
+
+    def _answer_locally(self) -> None:
+        """Requests for the proxy itself: the magic host's page, or a hint."""
+        factory = self.proxy.factory
+        host = self.target.host if self.target else _host_header(self.headers)
+        if host.split(":")[0] == factory.settings.proxy.magic_host:
+            response = pages.proxy_page(factory.settings)
+        else:
+            response = http1.error_response(400, "this is an HTTP proxy: send absolute-form requests (curl -x)", close=False)
+        self.response_started = True
+        self.proxy.transport.write(response)
+        self._done(self.keep_alive and self.request_complete)
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer the client with an error of our own and close the connection."""
+        self.response_started = True
+        self.proxy.transport.write(http1.error_response(status, message))
+        self._status = status
+        self._record(message, local_status=True)
+        self._done(False)
+
+    def _abort_client(self, message: str) -> None:
+        self._record(message)
+        self.proxy.transport.abortConnection()
+        self._done(False)
+
+    def _finish(self, error: str) -> None:
+        self._record(error)
+        self._done(self.keep_alive and self.request_complete)
+
+    def _done(self, keep_alive: bool) -> None:
+        self.finished = True
+        self.proxy.exchange_finished(self, keep_alive)
+
+    def _record(self, error: str, local_status: bool = False) -> None:
+        """Build the flow and hand it to the shipper, if any session wants it."""
+        candidates = self._candidates
+        if not candidates or self.target is None:
+            return
+        now = self.proxy.factory.reactor.seconds()
+        response = None
+        if self.response_started and not local_status:
+            captured = self._response_body
+            response = Message(
+                headers=tuple(self._response_headers) + tuple(self._response_trailers),
+                body=bytes(captured) if captured is not None else b"",
+                size=self._response_size,
+                truncated=captured is None or self._response_size > len(captured),
+            )
+        request_body = self._request_body
+        flow = Flow(
+            client=self.proxy.client,
+            client_port=self.proxy.client_port,
+            scheme=self.target.scheme,
+            host=self.target.host,
+            port=self.target.port,
+            method=self.method.decode("latin-1"),
+            path=self.target.path,
+            http_version=self.version.decode("ascii"),
+            request=Message(
+                headers=tuple(self.headers) + tuple(self._request_trailers),
+                body=bytes(request_body),
+                size=self._request_size,
+                truncated=self._request_size > len(request_body),
+            ),
+            status=self._status if response is not None else 0,
+            reason=self._reason.decode("latin-1"),
+            response=response,
+            start=self.start_time,
+            request_done=self._request_done,
+            response_start=self._response_start,
+            end=now,
+            error=error if not local_status else f"{self._status} {error}",
+            server_ip=getattr(self, "_server_ip", ""),
+        )
+        sessions = matching_sessions(candidates, flow)
+        if sessions:
+            self.proxy.factory.shipper.submit(flow, sessions)
+
+
+def _host_header(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name.lower() == b"host":
+            return value.decode("latin-1").lower()
+    return ""

@@ -1,0 +1,1 @@
+"""The session manager: a separate process that owns sessions and captured flows."""

@@ -1,0 +1,76 @@
+"""Entry point of the session-manager process: ``python -m capture.sessiond --config PATH``.
+
+The proxy process starts this as a supervised child.  It owns the store,
+listens on the UNIX socket (mode 0600 in a 0700 directory), exits cleanly on
+SIGTERM, and exits by itself if its parent goes away, so no orphan is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from twisted.application.internet import TimerService
+from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
+
+from capture import config
+from capture.sessiond.server import SessionFactory, SessionManager
+from capture.sessiond.store import Store, StoreError
+
+log = Logger()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m capture.sessiond", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="etc/capture.ini", help="the appliance's INI file")
+    options = parser.parse_args(argv)
+    try:
+        settings = config.load(options.config)
+    except config.ConfigError as e:
+        print(f"sessiond: {e}", file=sys.stderr)
+        return 2
+
+    from twisted.internet import reactor
+
+    # The supervising twistd prefixes each line with its own time and "[sessiond]".
+    observer = FileLogObserver(sys.stdout, lambda event: eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n")
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    try:
+        store = Store(settings.store.database)
+    except (StoreError, OSError) as e:
+        print(f"sessiond: cannot open the store {settings.store.database!r}: {e}", file=sys.stderr)
+        return 1
+
+    socket_path = settings.store.socket
+    os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
+    os.chmod(os.path.dirname(socket_path), 0o700)
+    manager = SessionManager(store, os.getpid())
+    endpoint = UNIXServerEndpoint(reactor, socket_path, mode=0o600, wantPID=True)
+    listening = endpoint.listen(SessionFactory(manager))
+
+    def failed(reason):
+        log.error("cannot listen on {path}: {reason}", path=socket_path, reason=reason.getErrorMessage())
+        reactor.stop()
+
+    listening.addCallbacks(lambda port: log.info("session manager listening on {path}", path=socket_path), failed)
+
+    parent = os.getppid()
+    orphan_watch = TimerService(1.0, _exit_if_orphaned, reactor, parent)
+    orphan_watch.clock = reactor
+    orphan_watch.startService()
+    reactor.addSystemEventTrigger("after", "shutdown", store.close)
+    reactor.run()
+    return 0
+
+
+def _exit_if_orphaned(reactor, parent: int) -> None:
+    """Stop when the supervising proxy process is gone (killed with -9, say)."""
+    if os.getppid() != parent and reactor.running:
+        log.warn("parent process {pid} is gone; stopping", pid=parent)
+        reactor.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The session manager's end of the UNIX socket.
+
+Each proxy process connects once; flows are stored in one transaction per
+message and acknowledged, calls are answered from the store, and every
+session change pushes fresh rules to every connected proxy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from capture import filters, wire
+from capture.sessiond.store import Invalid, Store, StoreError
+
+# Calls that change which sessions capture, so the rules must be pushed again.
+_RULE_CHANGES = {"sessions.create", "sessions.pause", "sessions.resume", "sessions.stop", "sessions.clear", "sessions.delete"}
+
+
+class SessionManager:
+    """Binds the store to the connected proxies."""
+
+    log = Logger()
+
+    def __init__(self, store: Store, pid: int) -> None:
+        self.store = store
+        self.pid = pid
+        self.proxies: set[SessionProtocol] = set()
+        self._calls: dict[str, Callable[..., Any]] = {
+            "status": self._status,
+            "sessions.list": lambda: {"sessions": store.list_sessions()},
+            "sessions.create": self._create,
+            "sessions.get": store.get_session,
+            "sessions.pause": store.pause,
+            "sessions.resume": store.resume,
+            "sessions.stop": store.stop,
+            "sessions.clear": store.clear,
+            "sessions.delete": store.delete,
+            "flows.list": self._list_flows,
+            "flows.get": store.get_flow,
+        }
+
+    def rules_message(self) -> bytes:
+        return wire.encode("rules", sessions=self.store.capturing_sessions())
+
+    def call(self, method: str, args: dict[str, Any]) -> tuple[Any, dict | None]:
+        """(result, None) or (None, error) for one admin call."""
+        handler = self._calls.get(method)
+        if handler is None:
+            return None, {"status": 400, "message": f"unknown call {method!r}"}
+        try:
+            result = handler(**args)
+        except StoreError as e:
+            return None, {"status": e.status, "message": str(e)}
+        except TypeError as e:
+            return None, {"status": 400, "message": f"bad arguments for {method}: {e}"}
+        if method in _RULE_CHANGES:
+            self.broadcast(self.rules_message())
+        return result, None
+
+    def broadcast(self, data: bytes) -> None:
+        for proxy in self.proxies:
+            proxy.transport.write(data)
+
+    def _status(self) -> dict[str, Any]:
+        return {"pid": self.pid, "sessions": len(self.store.list_sessions()), "rejected_flows": self.store.rejected}
+
+    def _create(self, **fields: Any) -> dict[str, Any]:
+        _check_filter(fields.get("filter") or "")
+        return self.store.create_session(**fields)
+
+    def _list_flows(self, session_id: int, limit: int = 100, offset: int = 0, filter: str = "") -> dict[str, Any]:
+        predicate = _check_filter(filter) if filter else None
+        flows, total = self.store.list_flows(session_id, limit=limit, offset=offset, predicate=predicate)
+        return {"flows": flows, "total": total}
+
+
+def _check_filter(expression: str) -> filters.Filter:
+    if not isinstance(expression, str):
+        raise Invalid("filter must be a string")
+    try:
+        return filters.parse(expression)
+    except filters.FilterError as e:
+        raise Invalid(f"bad filter: {e}") from None
+
+
+class SessionProtocol(Protocol):
+    """One proxy process's connection."""
+
+    log = Logger()
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+        self._decoder = wire.Decoder()
+        self._instance: str | None = None
+
+    def connectionMade(self) -> None:
+        self.manager.proxies.add(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.manager.proxies.discard(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            for message in self._decoder.feed(data):
+                self._handle(message)
+        except (wire.WireError, KeyError, TypeError, ValueError) as e:
+            # Catch-and-log so one bad peer cannot take the store down with it.
+            self.log.warn("dropping proxy connection after a bad message: {error}", error=e)
+            self.transport.abortConnection()
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == "flows":
+            if message["instance"] != self._instance:
+                raise wire.WireError("flows before hello, or for another instance")
+            last = self.manager.store.ingest(self._instance, [tuple(item) for item in message["items"]])
+            self.transport.write(wire.encode("ack", instance=self._instance, seq=last))
+        elif kind == "call":
+            args = message.get("args") or {}
+            if not isinstance(args, dict):
+                raise wire.WireError("call arguments must be a map")
+            result, error = self.manager.call(str(message["method"]), args)
+            if error is None:
+                self.transport.write(wire.encode("reply", id=message["id"], result=result))
+            else:
+                self.transport.write(wire.encode("reply", id=message["id"], error=error))
+        elif kind == "hello":
+            self._instance = str(message["instance"])
+            last = self.manager.store.last_seq(self._instance)
+            self.transport.write(wire.encode("welcome", pid=self.manager.pid, last_seq=last))
+            self.transport.write(self.manager.rules_message())
+        else:
+            raise wire.WireError(f"unknown message type {kind!r}")
+
+
+class SessionFactory(Factory):
+    noisy = False
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+
+    def buildProtocol(self, addr: Any) -> SessionProtocol:
+        return SessionProtocol(self.manager)

@@ -1,0 +1,644 @@
+"""The session manager's store: sessions and captured flows in SQLite.
+
+Only the session-manager process touches this store, so it is plain
+synchronous ``sqlite3`` with no I/O framework.  Everything the admin API
+needs goes through :class:`Store`, so that a second backend (PostgreSQL, for
+several appliances sharing one store) is another module with the same
+methods rather than a rewrite.
+
+A flow is stored once, however many sessions it belongs to; ``session_flows``
+links it to each, keyed ``(session_id, time, flow_id)`` so that "a session's
+flows, oldest first" is a range scan of that key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import msgpack
+
+from capture.flow import Flow, iso_time
+
+SCHEMA_VERSION = 1
+
+STATES = ("capturing", "paused", "stopped")
+
+MAX_NAME = 200
+MAX_PAGE = 1000
+
+# How many rows a scan that decodes blobs fetches at a time; it restarts from
+# the last key seen, so no cursor stays open between chunks.
+_SCAN_CHUNK = 500
+
+_INT64 = (-(2**63), 2**63 - 1)
+# datetime can show years 1..9999; keep a day's margin either side.
+_TIME_RANGE = (-62135596800.0 + 86400, 253402300800.0 - 86400)
+
+_SCHEMA_V1 = (
+    """CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        stopped REAL,
+        clients TEXT NOT NULL,
+        filter TEXT NOT NULL,
+        capture_responses INTEGER NOT NULL,
+        cookies_enabled INTEGER NOT NULL,
+        cookie_domains TEXT NOT NULL,
+        flow_count INTEGER NOT NULL DEFAULT 0
+    )""",
+    # AUTOINCREMENT so a flow id is never reused after a clear or delete: a
+    # stale id held by a client must not name someone else's flow.
+    """CREATE TABLE flows (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        client TEXT NOT NULL,
+        client_port INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        scheme TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        url TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        request_size INTEGER NOT NULL,
+        response_size INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        duration_ms REAL,
+        error TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        record BLOB NOT NULL
+    )""",
+    """CREATE TABLE session_flows (
+        session_id INTEGER NOT NULL,
+        time REAL NOT NULL,
+        flow_id INTEGER NOT NULL,
+        PRIMARY KEY (session_id, time, flow_id)
+    ) WITHOUT ROWID""",
+    # Which sessions hold a flow: for get_flow and for finding orphans.
+    "CREATE INDEX session_flows_flow ON session_flows (flow_id)",
+    "CREATE INDEX flows_host ON flows (host)",
+    "CREATE INDEX flows_status ON flows (status)",
+    "CREATE INDEX flows_method ON flows (method)",
+    "CREATE INDEX flows_client ON flows (client)",
+    "CREATE INDEX flows_time ON flows (time)",
+    "CREATE INDEX sessions_state ON sessions (state)",
+    """CREATE TABLE delivered (
+        instance TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL
+    )""",
+)
+
+# _MIGRATIONS[n] takes a database at version n to version n + 1.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+
+_SESSION_COLUMNS = (
+    "id, name, state, created, updated, stopped, clients, filter,"
+    " capture_responses, cookies_enabled, cookie_domains, flow_count"
+)
+
+_SUMMARY_COLUMNS = (
+    "f.id, f.time, f.client, f.method, f.scheme, f.host, f.port, f.path, f.url,"
+    " f.status, f.request_size, f.response_size, f.content_type, f.duration_ms, f.error"
+)
+
+_INSERT_FLOW = (
+    "INSERT INTO flows (id, time, client, client_port, method, scheme, host, port,"
+    " path, url, status, request_size, response_size, content_type, duration_ms,"
+    " error, kind, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class StoreError(Exception):
+    """A store operation refused; ``status`` is what the admin API answers."""
+
+    status: int = 500
+
+
+class NotFound(StoreError):
+    status = 404
+
+
+class Conflict(StoreError):
+    """The session is in a state that does not allow the change."""
+
+    status = 409
+
+
+class Invalid(StoreError):
+    status = 400
+
+
+class Store:
+    """Sessions and flows in one SQLite file.
+
+    Not thread-safe: calls must come one at a time (the session manager's
+    reactor thread, or a single worker thread).
+    """
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        #: Flows dropped by :meth:`ingest` because they could not be decoded.
+        self.rejected = 0
+        if path != ":memory:":
+            _prepare_file(path)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA temp_store=MEMORY")
+            self._migrate()
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS gone (flow_id INTEGER PRIMARY KEY)")
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # sessions -------------------------------------------------------------
+
+    def create_session(
+        self,
+        name: str,
+        clients: Iterable[str] = (),
+        filter: str = "",
+        capture_responses: bool = True,
+        cookies: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Start a new session, capturing at once; Invalid for a bad field."""
+        name = _check_name(name)
+        client_list = _check_clients(clients)
+        if not isinstance(filter, str):
+            raise Invalid("filter must be a string")
+        if not isinstance(capture_responses, bool):
+            raise Invalid("capture_responses must be true or false")
+        enabled, domains = _check_cookies(cookies)
+        now = self._clock()
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO sessions (name, state, created, updated, stopped, clients,"
+                " filter, capture_responses, cookies_enabled, cookie_domains, flow_count)"
+                " VALUES (?, 'capturing', ?, ?, NULL, ?, ?, ?, ?, ?, 0)",
+                (
+                    name,
+                    now,
+                    now,
+                    json.dumps(client_list),
+                    filter,
+                    capture_responses,
+                    enabled,
+                    json.dumps(domains),
+                ),
+            )
+            session_id = cursor.lastrowid
+        return self.get_session(session_id)
+
+    def get_session(self, session_id: int) -> dict[str, Any]:
+        return _session_dict(self._session_row(self._db, session_id))
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions ORDER BY id")
+        return [_session_dict(row) for row in rows]
+
+    def capturing_sessions(self) -> list[dict[str, Any]]:
+        """The sessions whose rules the proxy must apply."""
+        rows = self._db.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE state = 'capturing' ORDER BY id"
+        )
+        return [_session_dict(row) for row in rows]
+
+    def pause(self, session_id: int) -> dict[str, Any]:
+        return self._transition(session_id, ("capturing",), "paused", "pause")
+
+    def resume(self, session_id: int) -> dict[str, Any]:
+        return self._transition(session_id, ("paused",), "capturing", "resume")
+
+    def stop(self, session_id: int) -> dict[str, Any]:
+        """Stop for good; the session and its flows stay as history."""
+        return self._transition(session_id, ("capturing", "paused"), "stopped", "stop")
+
+    def clear(self, session_id: int) -> dict[str, Any]:
+        """Drop the session's flows and keep its state; a stopped session is history."""
+        with self._write() as db:
+            row = self._session_row(db, session_id)
+            if row[2] == "stopped":
+                raise Conflict(f"session {session_id} is stopped; it can no longer be cleared")
+            self._unlink(db, session_id)
+            db.execute(
+                "UPDATE sessions SET flow_count = 0, updated = ? WHERE id = ?",
+                (self._clock(), session_id),
+            )
+        return self.get_session(session_id)
+
+    def delete(self, session_id: int) -> None:
+        """Remove a session in any state, and every flow only it held."""
+        with self._write() as db:
+            self._session_row(db, session_id)
+            self._unlink(db, session_id)
+            db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    # flows ----------------------------------------------------------------
+
+    def ingest(self, instance: str, batch: Sequence[tuple[int, list[int], dict[str, Any]]]) -> int:
+        """Store a batch of ``(seq, session_ids, flow_wire)`` from one proxy instance.
+
+        Items at or below the instance's high-water mark were delivered
+        before (a resend after a lost ack) and are skipped.  One transaction:
+        the flows and the new mark commit together, so a crash cannot store
+        a flow twice or lose one that was acknowledged.  Returns the mark.
+        """
+        if not isinstance(instance, str) or not instance:
+            raise Invalid("instance must be a non-empty string")
+        if not isinstance(batch, (list, tuple)):
+            raise Invalid("batch must be a list")
+        rejected = 0
+        with self._write() as db:
+            row = db.execute("SELECT last_seq FROM delivered WHERE instance = ?", (instance,)).fetchone()
+            first_mark = mark = row[0] if row else 0
+            existing = {session_id for (session_id,) in db.execute("SELECT id FROM sessions")}
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'flows'").fetchone()
+            next_id = row[0] if row else 0
+            flow_rows: list[tuple[Any, ...]] = []
+            links: list[tuple[int, float, int]] = []
+            counts: Counter[int] = Counter()
+            for item in batch:
+                try:
+                    seq, session_ids, wire = item
+                except (TypeError, ValueError):
+                    rejected += 1
+                    continue
+                if type(seq) is not int:
+                    rejected += 1
+                    continue
+                if seq <= mark:
+                    continue
+                mark = seq
+                # A bad item must not cost the rest of the batch.
+                try:
+                    targets = _link_targets(session_ids, existing)
+                    flow = Flow.from_wire(wire)
+                    flow_row = _flow_row(flow)
+                except Exception:
+                    rejected += 1
+                    continue
+                if not targets:
+                    continue
+                next_id += 1
+                flow_rows.append((next_id, *flow_row))
+                for session_id in targets:
+                    links.append((session_id, flow.start, next_id))
+                    counts[session_id] += 1
+            if flow_rows:
+                db.executemany(_INSERT_FLOW, flow_rows)
+                db.executemany(
+                    "INSERT INTO session_flows (session_id, time, flow_id) VALUES (?, ?, ?)", links
+                )
+                db.executemany(
+                    "UPDATE sessions SET flow_count = flow_count + ? WHERE id = ?",
+                    [(count, session_id) for session_id, count in counts.items()],
+                )
+            if mark != first_mark:
+                db.execute(
+                    "INSERT INTO delivered (instance, last_seq) VALUES (?, ?)"
+                    " ON CONFLICT (instance) DO UPDATE SET last_seq = excluded.last_seq",
+                    (instance, mark),
+                )
+        self.rejected += rejected
+        return mark
+
+    def last_seq(self, instance: str) -> int:
+        """The highest sequence number stored for ``instance``; 0 if none."""
+        row = self._db.execute("SELECT last_seq FROM delivered WHERE instance = ?", (instance,)).fetchone()
+        return row[0] if row else 0
+
+    def list_flows(
+        self,
+        session_id: int,
+        limit: int = 100,
+        offset: int = 0,
+        predicate: Callable[[Flow], bool] | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of a session's flow summaries, oldest first, and the total.
+
+        Without a predicate the summaries come from the columns alone; with
+        one, every flow of the session is decoded and tested, and the total
+        counts the matches.
+        """
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
+        if type(offset) is not int or offset < 0:
+            raise Invalid("offset must be a non-negative integer")
+        total = self._session_row(self._db, session_id)[11]
+        if predicate is None:
+            rows = self._db.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM session_flows sf JOIN flows f ON f.id = sf.flow_id"
+                " WHERE sf.session_id = ? ORDER BY sf.time, sf.flow_id LIMIT ? OFFSET ?",
+                (session_id, limit, offset),
+            )
+            return [_summary_from_row(row) for row in rows], total
+        page: list[dict[str, Any]] = []
+        total = 0
+        for flow_id, flow in self.iter_flows(session_id):
+            if not predicate(flow):
+                continue
+            if offset <= total < offset + limit:
+                page.append({"id": flow_id, **flow.summary()})
+            total += 1
+        return page, total
+
+    def iter_flows(self, session_id: int) -> Iterator[tuple[int, Flow]]:
+        """Each ``(flow_id, Flow)`` of a session, oldest first (for filters and exports).
+
+        Reads in chunks keyed on the last row seen, so writes may come
+        between chunks without a cursor held open.
+        """
+        self._session_row(self._db, session_id)
+        return self._scan(session_id)
+
+    def get_flow(self, flow_id: int) -> dict[str, Any]:
+        """The full flow, with the sessions it belongs to."""
+        if type(flow_id) is not int:
+            raise Invalid("flow id must be an integer")
+        row = self._db.execute("SELECT record FROM flows WHERE id = ?", (flow_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no flow {flow_id}")
+        session_ids = [
+            session_id
+            for (session_id,) in self._db.execute(
+                "SELECT session_id FROM session_flows WHERE flow_id = ? ORDER BY session_id", (flow_id,)
+            )
+        ]
+        return {"id": flow_id, "session_ids": session_ids, **_decode(row[0]).detail()}
+
+    # internals ------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so it cannot fail half-way on a lock."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION, refusing a newer one we cannot read."""
+        with self._write() as db:
+            has_table = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchone()
+            version = 0
+            if has_table:
+                rows = db.execute("SELECT version FROM schema_version").fetchall()
+                if len(rows) != 1 or type(rows[0][0]) is not int:
+                    raise StoreError("store schema_version table is damaged: expected one integer row")
+                version = rows[0][0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store schema version {version} is newer than this software supports"
+                    f" ({SCHEMA_VERSION}); upgrade capture or use another database file"
+                )
+            if not has_table:
+                db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                db.execute("INSERT INTO schema_version (version) VALUES (0)")
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    db.execute(statement)
+            if version != SCHEMA_VERSION:
+                db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    def _session_row(self, db: sqlite3.Connection, session_id: int) -> tuple[Any, ...]:
+        if type(session_id) is not int:
+            raise Invalid("session id must be an integer")
+        row = db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no session {session_id}")
+        return row
+
+    def _transition(
+        self, session_id: int, allowed: tuple[str, ...], target: str, verb: str
+    ) -> dict[str, Any]:
+        with self._write() as db:
+            state = self._session_row(db, session_id)[2]
+            if state not in allowed:
+                raise Conflict(
+                    f"session {session_id} is {state}; only a {' or '.join(allowed)}"
+                    f" session can {verb}"
+                )
+            now = self._clock()
+            db.execute(
+                "UPDATE sessions SET state = ?, updated = ?, stopped = ? WHERE id = ?",
+                (target, now, now if target == "stopped" else None, session_id),
+            )
+        return self.get_session(session_id)
+
+    def _unlink(self, db: sqlite3.Connection, session_id: int) -> None:
+        """Remove a session's links, then the flows no other session holds."""
+        db.execute("DELETE FROM temp.gone")
+        db.execute(
+            "INSERT OR IGNORE INTO temp.gone (flow_id)"
+            " SELECT flow_id FROM session_flows WHERE session_id = ?",
+            (session_id,),
+        )
+        db.execute("DELETE FROM session_flows WHERE session_id = ?", (session_id,))
+        db.execute(
+            "DELETE FROM flows WHERE id IN (SELECT flow_id FROM temp.gone)"
+            " AND NOT EXISTS (SELECT 1 FROM session_flows sf WHERE sf.flow_id = flows.id)"
+        )
+        db.execute("DELETE FROM temp.gone")
+
+    def _scan(self, session_id: int) -> Iterator[tuple[int, Flow]]:
+        last_time, last_id = -math.inf, -1
+        while True:
+            rows = self._db.execute(
+                "SELECT sf.time, f.id, f.record FROM session_flows sf JOIN flows f ON f.id = sf.flow_id"
+                " WHERE sf.session_id = ? AND (sf.time, sf.flow_id) > (?, ?)"
+                " ORDER BY sf.time, sf.flow_id LIMIT ?",
+                (session_id, last_time, last_id, _SCAN_CHUNK),
+            ).fetchall()
+            for _, flow_id, record in rows:
+                yield flow_id, _decode(record)
+            if len(rows) < _SCAN_CHUNK:
+                return
+            last_time, last_id = rows[-1][0], rows[-1][1]
+
+
+def _prepare_file(path: str) -> None:
+    """Create the directory and an empty database file, both private to the user.
+
+    Captured traffic holds passwords and tokens; SQLite gives its -wal and
+    -shm files the database file's mode.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
+def _decode(record: bytes) -> Flow:
+    return Flow.from_wire(msgpack.unpackb(record, raw=False))
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise Invalid("name must be a non-empty string")
+    name = name.strip()
+    if len(name) > MAX_NAME:
+        raise Invalid(f"name must be at most {MAX_NAME} characters")
+    return name
+
+
+def _check_clients(clients: object) -> list[str]:
+    """IPs and CIDRs, normalised: a single address is shown without a prefix."""
+    if isinstance(clients, (str, bytes)) or not isinstance(clients, (list, tuple)):
+        raise Invalid("clients must be a list of IP addresses or CIDR networks")
+    result: list[str] = []
+    for client in clients:
+        if not isinstance(client, str):
+            raise Invalid(f"clients: {client!r} is not a string")
+        try:
+            network = ipaddress.ip_network(client.strip(), strict=False)
+        except ValueError:
+            raise Invalid(f"clients: {client!r} is not an IP address or CIDR network") from None
+        if network.prefixlen == network.max_prefixlen:
+            text = str(network.network_address)
+        else:
+            text = str(network)
+        if text not in result:
+            result.append(text)
+    return result
+
+
+def _check_cookies(cookies: object) -> tuple[bool, list[str]]:
+    if cookies is None:
+        return False, []
+    if not isinstance(cookies, dict):
+        raise Invalid('cookies must be an object {"enabled": bool, "domains": [str]}')
+    unknown = set(cookies) - {"enabled", "domains"}
+    if unknown:
+        raise Invalid(f"cookies: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    enabled = cookies.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise Invalid("cookies.enabled must be true or false")
+    domains = cookies.get("domains", [])
+    if isinstance(domains, str) or not isinstance(domains, (list, tuple)):
+        raise Invalid("cookies.domains must be a list of domain names")
+    result: list[str] = []
+    for domain in domains:
+        if not isinstance(domain, str):
+            raise Invalid(f"cookies.domains: {domain!r} is not a string")
+        # ".example.com" and "example.com" mean the same: it and its subdomains.
+        name = domain.strip().lower().strip(".")
+        if not name or any(ch.isspace() or ch in "/:@" for ch in name):
+            raise Invalid(f"cookies.domains: {domain!r} is not a domain name")
+        if name not in result:
+            result.append(name)
+    return enabled, result
+
+
+def _session_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    (session_id, name, state, created, updated, stopped, clients, filter_,
+     capture_responses, cookies_enabled, cookie_domains, flow_count) = row
+    return {
+        "id": session_id,
+        "name": name,
+        "state": state,
+        "created": iso_time(created),
+        "updated": iso_time(updated),
+        "stopped": None if stopped is None else iso_time(stopped),
+        "clients": json.loads(clients),
+        "filter": filter_,
+        "capture_responses": bool(capture_responses),
+        "cookies": {"enabled": bool(cookies_enabled), "domains": json.loads(cookie_domains)},
+        "flow_count": flow_count,
+    }
+
+
+def _link_targets(session_ids: object, existing: set[int]) -> list[int]:
+    """The sessions a flow goes to: those named that still exist, once each."""
+    if not isinstance(session_ids, (list, tuple)):
+        raise ValueError("session ids must be a list")
+    targets: list[int] = []
+    for session_id in session_ids:
+        if type(session_id) is not int:
+            raise ValueError("session id must be an integer")
+        if session_id in existing and session_id not in targets:
+            targets.append(session_id)
+    return targets
+
+
+def _flow_row(flow: Flow) -> tuple[Any, ...]:
+    """The summary columns and blob; ValueError for what SQLite or the API could not hold."""
+    for moment in (flow.start, flow.request_done, flow.response_start, flow.end):
+        if moment is not None and not (
+            math.isfinite(moment) and _TIME_RANGE[0] < moment < _TIME_RANGE[1]
+        ):
+            raise ValueError("flow time out of range")
+    response_size = flow.response.size if flow.response is not None else 0
+    for number in (flow.client_port, flow.port, flow.status, flow.request.size, response_size):
+        if not _INT64[0] <= number <= _INT64[1]:
+            raise ValueError("flow number out of range")
+    record = msgpack.packb(flow.to_wire(), use_bin_type=True)
+    return (
+        flow.start,
+        flow.client,
+        flow.client_port,
+        flow.method,
+        flow.scheme,
+        flow.host,
+        flow.port,
+        flow.path,
+        flow.url,
+        flow.status,
+        flow.request.size,
+        response_size,
+        flow.content_type,
+        flow.duration_ms,
+        flow.error,
+        flow.kind,
+        record,
+    )
+
+
+def _summary_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    """``Flow.summary()`` plus ``id``, from the columns without the blob."""
+    (flow_id, moment, client, method, scheme, host, port, path, url, status,
+     request_size, response_size, content_type, duration_ms, error) = row
+    return {
+        "id": flow_id,
+        "time": iso_time(moment),
+        "client": client,
+        "method": method,
+        "scheme": scheme,
+        "host": host,
+        "port": port,
+        "path": path,
+        "url": url,
+        "status": status or None,
+        "request_size": request_size,
+        "response_size": response_size,
+        "content_type": content_type,
+        "duration_ms": duration_ms,
+        "error": error or None,
+    }

@@ -1,0 +1,203 @@
+"""Connections from the proxy to origin servers, and a bounded pool of them.
+
+A connection carries one exchange at a time.  It parses the response with
+llhttp and hands the events to the exchange.  Nothing here retries: a
+request must never reach an origin twice, so a failure goes back to the
+exchange, which answers the client with an error.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import httptools
+from twisted.internet import defer, error
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from capture.proxy import Exchange
+
+PoolKey = tuple[str, str, int]
+
+
+class UpstreamProtocol(Protocol):
+    """One connection to an origin; response events go to ``self.exchange``."""
+
+    def __init__(self, key: PoolKey) -> None:
+        self.key = key
+        self.exchange: Exchange | None = None
+        self.reusable = True
+        self.on_lost: Any = None
+        self._parser: Any = None
+        self._reason: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_seen = False
+        self._complete = False
+        self._head_request = False
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+
+    def start(self, exchange: Exchange, head_request: bool) -> None:
+        """Bind a new exchange; its request is written by the exchange itself."""
+        self.exchange = exchange
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_request = head_request
+        self._head_seen = False
+        self._complete = False
+
+    # -- llhttp callbacks -----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reason = []
+        self._headers = []
+        self._head_seen = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason.append(reason)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_seen:
+            self.exchange.response_trailer(name, value)
+        else:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._head_seen = True
+        status = self._parser.get_status_code()
+        version = self._parser.get_http_version().encode("ascii")
+        self.exchange.response_head(status, b"".join(self._reason), version, self._headers)
+        if self._head_request and status >= 200:
+            self._complete = True
+
+    def on_body(self, data: bytes) -> None:
+        if self._complete:
+            self.reusable = False  # body bytes after a HEAD response: don't trust this peer
+            return
+        self.exchange.response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._parser.get_status_code() >= 200:
+            self._complete = True
+
+    # -- transport events -----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            self.reusable = False  # bytes nobody asked for
+            self.transport.loseConnection()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self.reusable = False
+            exchange.upstream_failed(502, f"bad response from the origin: {_parser_message(e)}")
+            return
+        if self._complete:
+            # Finish outside the parser, so the next exchange may start on this connection.
+            self.reusable = self.reusable and self._parser.should_keep_alive()
+            self.exchange = None
+            exchange.response_end()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.reusable = False
+        exchange, self.exchange = self.exchange, None
+        if self.on_lost is not None:
+            self.on_lost(self)
+        if exchange is not None:
+            exchange.upstream_lost()
+
+
+def _parser_message(e: Exception) -> str:
+    cause = e.__cause__ or e.__context__
+    return str(cause or e)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections by (scheme, host, port), bounded in number and age."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        connect_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
+        max_idle_per_host: int = 8,
+        max_idle: int = 256,
+    ) -> None:
+        self._reactor = reactor
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle_per_host = max_idle_per_host
+        self.max_idle = max_idle
+        self._idle: dict[PoolKey, list[tuple[UpstreamProtocol, Any]]] = defaultdict(list)
+        self._idle_count = 0
+
+    def acquire(self, scheme: str, host: str, port: int) -> defer.Deferred:
+        """A connected UpstreamProtocol: the most recently used idle one, or a new one."""
+        key = (scheme, host, port)
+        idle = self._idle.get(key)
+        if idle:
+            protocol, timer = idle.pop()
+            self._idle_count -= 1
+            timer.cancel()
+            protocol.on_lost = None
+            return defer.succeed(protocol)
+        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
+        return endpoint.connect(_OneShotFactory(key))
+
+    def release(self, protocol: UpstreamProtocol) -> None:
+        """Keep a connection for reuse, or close it if it cannot be reused."""
+        idle = self._idle[protocol.key]
+        if not protocol.reusable or len(idle) >= self.max_idle_per_host or self._idle_count >= self.max_idle:
+            protocol.transport.loseConnection()
+            return
+        protocol.transport.resumeProducing()
+        timer = self._reactor.callLater(self.idle_timeout, protocol.transport.loseConnection)
+        idle.append((protocol, timer))
+        self._idle_count += 1
+        protocol.on_lost = self._forget
+
+    def close_all(self) -> None:
+        for idle in list(self._idle.values()):
+            for protocol, timer in list(idle):
+                timer.cancel()
+                protocol.transport.loseConnection()
+
+    def _forget(self, protocol: UpstreamProtocol) -> None:
+        idle = self._idle.get(protocol.key, [])
+        for i, (candidate, timer) in enumerate(idle):
+            if candidate is protocol:
+                timer.active() and timer.cancel()
+                del idle[i]
+                self._idle_count -= 1
+                break
+        if not idle:
+            self._idle.pop(protocol.key, None)
+
+
+class _OneShotFactory(Factory):
+    noisy = False
+
+    def __init__(self, key: PoolKey) -> None:
+        self.key = key
+
+    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
+        return UpstreamProtocol(self.key)
+
+
+def describe_connect_error(failure: Failure, host: str, port: int) -> tuple[int, str]:
+    """(status, short text) for a failed connection to an origin."""
+    where = f"{host}:{port}"
+    if failure.check(error.DNSLookupError):
+        return 502, f"cannot resolve {host}"
+    if failure.check(error.ConnectionRefusedError):
+        return 502, f"connection refused by {where}"
+    if failure.check(error.TimeoutError, defer.CancelledError, error.ConnectingCancelledError):
+        return 504, f"timed out connecting to {where}"
+    if failure.check(error.NoRouteError):
+        return 502, f"no route to {where}"
+    return 502, f"cannot connect to {where}: {failure.getErrorMessage()}"
