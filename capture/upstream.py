@@ -37,6 +37,7 @@ class UpstreamProtocol(Protocol):
         self._head_seen = False
         self._complete = False
         self._head_request = False
+        self._keep_alive = False
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
@@ -72,6 +73,7 @@ class UpstreamProtocol(Protocol):
         self.exchange.response_head(status, b"".join(self._reason), version, self._headers)
         if self._head_request and status >= 200:
             self._complete = True
+            self._keep_alive = self._parser.should_keep_alive()
 
     def on_body(self, data: bytes) -> None:
         if self._complete:
@@ -80,8 +82,10 @@ class UpstreamProtocol(Protocol):
         self.exchange.response_body(data)
 
     def on_message_complete(self) -> None:
-        if self._parser.get_status_code() >= 200:
+        if self._parser.get_status_code() >= 200 and not self._complete:
             self._complete = True
+            # llhttp only knows this inside the callback; it resets right after.
+            self._keep_alive = self._parser.should_keep_alive()
 
     # -- transport events -----------------------------------------------------
 
@@ -99,7 +103,7 @@ class UpstreamProtocol(Protocol):
             return
         if self._complete:
             # Finish outside the parser, so the next exchange may start on this connection.
-            self.reusable = self.reusable and self._parser.should_keep_alive()
+            self.reusable = self.reusable and self._keep_alive
             self.exchange = None
             exchange.response_end()
 
