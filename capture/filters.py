@@ -27,6 +27,7 @@ Nesting by parentheses and ``!`` is bounded by :data:`MAX_DEPTH`.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -211,7 +212,11 @@ class Regex(Filter):
         source: str | bytes = self.pattern_text
         if self.name in _BYTES_REGEXES:
             source = self.pattern_text.encode("utf-8", "surrogatepass")
-        pattern = re.compile(source, re.IGNORECASE)
+        with warnings.catch_warnings():
+            # "Possible nested set" and the like are advice, not errors; they
+            # must not escape parse() (nor become exceptions under -W error).
+            warnings.simplefilter("ignore")
+            pattern = re.compile(source, re.IGNORECASE)
         object.__setattr__(self, "pattern", pattern)
         object.__setattr__(self, "_test", _regex_matcher(self.name, pattern.search))
 

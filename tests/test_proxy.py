@@ -1,0 +1,285 @@
+"""The proxy protocol as scripted exchanges over in-memory transports."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from capture import config
+from capture.proxy import ProxyFactory
+from capture.rules import RuleSet
+from capture.shipper import Shipper
+from capture.upstream import UpstreamProtocol
+
+
+class Transport(StringTransport):
+    """StringTransport with the TCP option the proxy sets."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.nodelay = enabled
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.loseConnection()
+
+
+class FakePool:
+    """Hands out upstream protocols on in-memory transports and records releases."""
+
+    def __init__(self) -> None:
+        self.connections: list[UpstreamProtocol] = []
+        self.released: list[UpstreamProtocol] = []
+
+    def acquire(self, scheme: str, host: str, port: int):
+        protocol = UpstreamProtocol((scheme, host, port))
+        protocol.makeConnection(Transport(peerAddress=IPv4Address("TCP", "192.0.2.7", port)))
+        self.connections.append(protocol)
+        return succeed(protocol)
+
+    def release(self, protocol: UpstreamProtocol) -> None:
+        self.released.append(protocol)
+
+
+def make_proxy(ini: str = "", sessions=({"id": 1, "clients": [], "filter": "", "capture_responses": True},)):
+    clock = MemoryReactorClock()
+    shipper = Shipper(clock)
+    shipper.rules = RuleSet.from_sessions(list(sessions))
+    pool = FakePool()
+    factory = ProxyFactory(config.parse(ini), shipper, clock, pool=pool)
+    protocol = factory.buildProtocol(None)
+    transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+    protocol.makeConnection(transport)
+    return protocol, transport, pool, shipper, clock
+
+
+def queued(shipper: Shipper):
+    return [item.flow for item in shipper._unsent]
+
+
+def upstream_reply(pool: FakePool, data: bytes, index: int = -1) -> None:
+    pool.connections[index].dataReceived(data)
+
+
+def test_get_is_forwarded_in_origin_form_and_answered():
+    """An absolute-form GET goes upstream in origin form with Host set; the answer comes back."""
+    proxy, client, pool, shipper, _ = make_proxy()
+    proxy.dataReceived(b"GET http://example.test:8000/a?b=1 HTTP/1.1\r\nHost: other\r\nX-Y: z\r\n\r\n")
+    upstream = pool.connections[0]
+    assert upstream.key == ("http", "example.test", 8000)
+    assert upstream.transport.value() == b"GET /a?b=1 HTTP/1.1\r\nHost: example.test:8000\r\nX-Y: z\r\n\r\n"
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: t\r\n\r\nhello")
+    assert client.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: t\r\n\r\nhello"
+    assert pool.released == [upstream] and upstream.reusable
+    [flow] = queued(shipper)
+    assert (flow.method, flow.host, flow.port, flow.path, flow.status) == ("GET", "example.test", 8000, "/a?b=1", 200)
+    assert flow.response.body == b"hello" and flow.server_ip == "192.0.2.7"
+    assert not client.disconnecting
+
+
+def test_chunked_request_is_rechunked_with_trailers():
+    """A chunked upload is forwarded chunked, trailers included, and captured de-chunked."""
+    proxy, _, pool, shipper, _ = make_proxy()
+    proxy.dataReceived(b"POST http://h/u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    proxy.dataReceived(b"3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n")
+    sent = pool.connections[0].transport.value()
+    assert sent.endswith(b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n")
+    upstream_reply(pool, b"HTTP/1.1 204 No Content\r\n\r\n")
+    [flow] = queued(shipper)
+    assert flow.request.body == b"abcde" and flow.request.size == 5
+
+
+def test_head_response_with_length_completes_and_is_reusable():
+    """A HEAD answer announcing a body ends at its head; the connection goes back to the pool."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.dataReceived(b"HEAD http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    assert client.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    assert pool.released == pool.connections and pool.connections[0].reusable
+
+
+def test_pipelined_requests_wait_their_turn():
+    """A second request in the same read is not sent upstream until the first response ends."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.dataReceived(b"GET http://h/1 HTTP/1.1\r\nHost: h\r\n\r\nGET http://h/2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(pool.connections) == 1
+    assert client.producerState == "paused"
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    assert len(pool.connections) == 2
+    assert pool.connections[1].transport.value().startswith(b"GET /2 ")
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+    assert client.value().count(b"HTTP/1.1 200 OK") == 2 and client.value().endswith(b"2")
+    assert client.producerState == "producing"
+
+
+def test_informational_responses_are_relayed():
+    """A 100 Continue from the origin reaches an HTTP/1.1 client before the final answer."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.dataReceived(b"PUT http://h/ HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    assert b"Expect: 100-continue" in pool.connections[0].transport.value()
+    upstream_reply(pool, b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert client.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    proxy.dataReceived(b"ok")
+    upstream_reply(pool, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    assert client.value().endswith(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_close_delimited_response_ends_with_the_connection():
+    """A body delimited by close is relayed and the client connection is then closed."""
+    proxy, client, pool, shipper, _ = make_proxy()
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream = pool.connections[0]
+    upstream.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nsome bytes")
+    upstream.connectionLost(None)
+    assert client.value() == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nsome bytes"
+    assert client.disconnecting
+    [flow] = queued(shipper)
+    assert flow.response.size == 10 and flow.error == ""
+
+
+def test_chunked_response_to_http10_client_is_close_delimited():
+    """An HTTP/1.0 client cannot read chunked: it gets the plain body and a close."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.dataReceived(b"GET http://h/ HTTP/1.0\r\n\r\n")
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert client.value() == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc"
+    assert client.disconnecting
+
+
+def test_origin_closing_before_answer_is_502_and_recorded():
+    """An origin that closes without answering gives a 502 and a flow with the error."""
+    proxy, client, pool, shipper, _ = make_proxy()
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
+    pool.connections[0].connectionLost(None)
+    assert client.value().startswith(b"HTTP/1.1 502 Bad Gateway")
+    assert b"origin closed the connection without a response" in client.value()
+    [flow] = queued(shipper)
+    assert "origin closed" in flow.error and flow.response is None
+
+
+def test_bad_response_from_origin_is_502():
+    """Garbage from the origin is a 502 and that upstream connection is dropped."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream_reply(pool, b"NOT HTTP AT ALL\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 502")
+    assert pool.connections[0].transport.aborted
+
+
+def test_malformed_request_is_400_and_closed():
+    """A request line llhttp rejects is answered 400 and the connection closed."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.dataReceived(b"GET\x00 / HTTP/1.1\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 400 Bad Request")
+    assert client.disconnecting and not pool.connections
+
+
+def test_ambiguous_framing_is_refused_before_forwarding():
+    """Content-Length with Transfer-Encoding, or differing lengths: 400, nothing sent upstream."""
+    for request in (
+        b"POST http://h/ HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST http://h/ HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST http://h/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    ):
+        proxy, client, pool, _, _ = make_proxy()
+        proxy.dataReceived(request)
+        assert client.value().startswith(b"HTTP/1.1 400"), request
+        assert not pool.connections
+
+
+def test_userinfo_in_target_is_refused():
+    """An absolute-form target with user:password@ is a 400."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.dataReceived(b"GET http://user:pw@h/ HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 400") and not pool.connections
+
+
+def test_client_outside_allow_is_refused():
+    """A client not in [proxy] allow gets a 403 and the connection closed."""
+    proxy, client, pool, _, _ = make_proxy("[proxy]\nallow = 10.0.0.0/8\n")
+    assert client.value().startswith(b"HTTP/1.1 403")
+    assert client.disconnecting
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert not pool.connections
+
+
+def test_nothing_is_recorded_without_a_capturing_session():
+    """With no capturing session, exchanges are forwarded and nothing is queued."""
+    proxy, client, pool, shipper, _ = make_proxy(sessions=())
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert client.value().endswith(b"ok")
+    assert shipper.pending == 0
+
+
+def test_session_filter_and_clients_decide_capture():
+    """Only sessions whose clients and filter match get the flow."""
+    sessions = [
+        {"id": 1, "clients": ["127.0.0.1"], "filter": "~m POST", "capture_responses": True},
+        {"id": 2, "clients": ["127.0.0.1"], "filter": "", "capture_responses": True},
+        {"id": 3, "clients": ["10.0.0.0/8"], "filter": "", "capture_responses": True},
+    ]
+    proxy, _, pool, shipper, _ = make_proxy(sessions=sessions)
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert [item.sessions for item in shipper._unsent] == [[2]]
+
+
+def test_capture_is_truncated_but_traffic_is_not():
+    """Bodies past max_capture_body are cut in the record only, with the true size kept."""
+    proxy, client, pool, shipper, _ = make_proxy("[proxy]\nmax_capture_body = 4\n")
+    proxy.dataReceived(b"POST http://h/ HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789")
+    assert pool.connections[0].transport.value().endswith(b"0123456789")
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabcdef")
+    assert client.value().endswith(b"abcdef")
+    [flow] = queued(shipper)
+    assert (flow.request.body, flow.request.size, flow.request.truncated) == (b"0123", 10, True)
+    assert (flow.response.body, flow.response.size, flow.response.truncated) == (b"abcd", 6, True)
+
+
+def test_sessions_without_capture_responses_store_no_response_body():
+    """capture_responses off: status and headers are kept, the body is not."""
+    sessions = [{"id": 1, "clients": [], "filter": "", "capture_responses": False}]
+    proxy, _, pool, shipper, _ = make_proxy(sessions=sessions)
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    [flow] = queued(shipper)
+    assert flow.status == 200 and flow.response.body == b"" and flow.response.size == 2
+
+
+def test_slow_upstream_pauses_the_client_and_resumes_it():
+    """Back-pressure: when the upstream transport is full the client stops being read."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.dataReceived(b"POST http://h/ HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc")
+    upstream = pool.connections[0].transport
+    upstream.producer.pauseProducing()
+    assert client.producerState == "paused"
+    upstream.producer.resumeProducing()
+    assert client.producerState == "producing"
+
+
+def test_slow_client_pauses_the_upstream():
+    """Back-pressure the other way: the upstream transport is the client's producer."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+    assert client.producer is pool.connections[0].transport
+    upstream_reply(pool, b"67890")
+    assert client.producer is None
+
+
+def test_idle_client_connection_is_closed_after_the_timeout():
+    """A keep-alive connection idle for idle_timeout seconds is closed."""
+    proxy, client, _, _, clock = make_proxy("[proxy]\nidle_timeout = 5\n")
+    clock.advance(4.9)
+    assert not client.disconnecting
+    clock.advance(0.2)
+    assert client.disconnecting
+
+
+def test_loop_into_own_port_is_refused():
+    """A target on the appliance's own port on a local address is refused with 403."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.factory.own_ports.add(8081)
+    proxy.dataReceived(b"GET http://localhost:8081/api/status HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 403") and not pool.connections
