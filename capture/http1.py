@@ -81,8 +81,10 @@ def parse_target(raw: bytes) -> Target:
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
+    if port == 0:
+        raise BadRequest("port 0 is not a valid target")
     default = 443 if scheme == "https" else 80
-    return Target(scheme, parts.hostname.lower(), port or default, path)
+    return Target(scheme, parts.hostname.lower(), default if port is None else port, path)
 
 
 def connection_tokens(headers: Headers) -> set[bytes]:
@@ -124,10 +126,10 @@ def response_framing(headers: Headers, status: int, head_request: bool) -> str:
     """'none', 'length', 'chunked' or 'close' for a response (RFC 9112 6.3)."""
     if head_request or status < 200 or status in (204, 304):
         return "none"
-    for name, value in headers:
-        lower = name.lower()
-        if lower == b"transfer-encoding":
-            return "chunked" if value.strip().lower().endswith(b"chunked") else "close"
+    codings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
+    if codings:
+        last = b",".join(codings).split(b",")[-1].strip().lower()
+        return "chunked" if last == b"chunked" else "close"
     for name, _ in headers:
         if name.lower() == b"content-length":
             return "length"

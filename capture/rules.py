@@ -44,7 +44,7 @@ class RuleSet:
         for session in sessions:
             try:
                 compiled.append(_compile(session))
-            except (KeyError, TypeError, ValueError):
+            except (AttributeError, KeyError, TypeError, ValueError):
                 continue  # one bad rule must not stop capture for the others
         return cls(tuple(compiled))
 

@@ -189,6 +189,8 @@ class Shipper:
         """Forget flows the store already has (sent before a crash, acked never)."""
         while self._unsent and self._unsent[0].seq <= last_seq:
             self._pending_bytes -= self._unsent.popleft().size
+            self.shipped += 1
+        self._notify_drained()
 
     def _acked(self, seq: int) -> None:
         while self._unacked and self._unacked[0].seq <= seq:
@@ -196,11 +198,14 @@ class Shipper:
             self._pending_bytes -= item.size
             self._inflight_bytes -= item.size
             self.shipped += 1
+        self._notify_drained()
+        self._schedule_flush()
+
+    def _notify_drained(self) -> None:
         if not self.pending:
             drained, self._drained = self._drained, []
             for d in drained:
                 d.callback(True)
-        self._schedule_flush()
 
     def _replied(self, message: dict[str, Any]) -> None:
         entry = self._calls.pop(int(message["id"]), None)
@@ -245,7 +250,7 @@ class ShipperProtocol(Protocol):
         try:
             for message in self._decoder.feed(data):
                 self.shipper.received(message)
-        except (wire.WireError, KeyError, TypeError, ValueError) as e:
+        except (wire.WireError, AttributeError, KeyError, TypeError, ValueError) as e:
             self.log.error("bad message from the session manager, reconnecting: {error}", error=e)
             self.transport.abortConnection()
 

@@ -60,6 +60,7 @@ class Decoder:
         for message in messages:
             if not isinstance(message, dict) or not isinstance(message.get("t"), str):
                 raise WireError("message is not a map with a type")
-            if message.get("v") != VERSION:
+            version = message.get("v")
+            if type(version) is not int or version != VERSION:
                 raise WireError(f"unsupported message version {message.get('v')!r}")
         return messages

@@ -7,6 +7,7 @@ session change pushes fresh rules to every connected proxy.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any, Callable
 
 from twisted.internet.protocol import Factory, Protocol
@@ -54,7 +55,7 @@ class SessionManager:
             result = handler(**args)
         except StoreError as e:
             return None, {"status": e.status, "message": str(e)}
-        except TypeError as e:
+        except (TypeError, OverflowError) as e:
             return None, {"status": 400, "message": f"bad arguments for {method}: {e}"}
         if method in _RULE_CHANGES:
             self.broadcast(self.rules_message())
@@ -106,9 +107,13 @@ class SessionProtocol(Protocol):
         try:
             for message in self._decoder.feed(data):
                 self._handle(message)
-        except (wire.WireError, KeyError, TypeError, ValueError) as e:
+        except (wire.WireError, AttributeError, KeyError, TypeError, ValueError) as e:
             # Catch-and-log so one bad peer cannot take the store down with it.
             self.log.warn("dropping proxy connection after a bad message: {error}", error=e)
+            self.transport.abortConnection()
+        except (sqlite3.Error, StoreError) as e:
+            # Nothing was acked, so the proxy resends once it reconnects.
+            self.log.error("store failed, dropping the proxy connection: {error}", error=e)
             self.transport.abortConnection()
 
     def _handle(self, message: dict[str, Any]) -> None:

@@ -1,0 +1,479 @@
+"""Tests for capture.sessiond.server: the session manager's end of the socket.
+
+A real Store in tmp_path is driven through SessionProtocol on a
+StringTransport; the last tests connect a real ShipperProtocol to a real
+SessionProtocol in memory with ``twisted.test.iosim``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.test.iosim import connectedServerAndClient
+
+from capture import wire
+from capture.flow import Flow, Message
+from capture.rules import matching_sessions
+from capture.sessiond.server import SessionFactory, SessionManager, SessionProtocol
+from capture.sessiond.store import Store
+from capture.shipper import Shipper, ShipperProtocol
+
+PID = 31337
+INSTANCE = "0123456789abcdef0123456789abcdef"
+
+
+def make_flow(n: int = 0, method: str = "GET") -> Flow:
+    """A small finished flow; ``n`` goes into the path and the start time."""
+    return Flow(
+        client="10.0.0.7",
+        client_port=40000 + n,
+        scheme="http",
+        host="example.com",
+        port=80,
+        method=method,
+        path=f"/item/{n}",
+        request=Message(headers=((b"Host", b"example.com"),)),
+        status=200,
+        reason="OK",
+        response=Message(headers=((b"Content-Type", b"text/plain"),), body=b"hello", size=5),
+        start=1700000000.0 + n,
+        end=1700000000.25 + n,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(str(tmp_path / "capture.sqlite"), clock=lambda: 1700000000.0) as store:
+        yield store
+
+
+@pytest.fixture
+def manager(store: Store) -> SessionManager:
+    return SessionManager(store, PID)
+
+
+class Peer:
+    """A SessionProtocol on a StringTransport, played by the test as the proxy."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.protocol = SessionFactory(manager).buildProtocol(None)
+        assert isinstance(self.protocol, SessionProtocol)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, kind: str, **fields: Any) -> None:
+        self.protocol.dataReceived(wire.encode(kind, **fields))
+
+    def received(self) -> list[dict[str, Any]]:
+        """Messages written to us since the last call."""
+        data = self.transport.value()
+        self.transport.clear()
+        return wire.Decoder().feed(data)
+
+    def hello(self, instance: str = INSTANCE) -> list[dict[str, Any]]:
+        self.send("hello", instance=instance, pid=1000)
+        return self.received()
+
+    def call(self, method: str, call_id: int = 1, **args: Any) -> dict[str, Any]:
+        """Make one call; return its reply (and keep any other messages aside in ``self.other``)."""
+        self.send("call", id=call_id, method=method, args=args)
+        messages = self.received()
+        replies = [m for m in messages if m["t"] == "reply"]
+        self.other = [m for m in messages if m["t"] != "reply"]
+        assert len(replies) == 1, messages
+        assert replies[0]["id"] == call_id
+        return replies[0]
+
+    def lose(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def items(session_ids: list[int], seqs: range) -> list[list[Any]]:
+    return [[seq, session_ids, make_flow(seq).to_wire()] for seq in seqs]
+
+
+# -- hello -----------------------------------------------------------------------
+
+
+def test_hello_answers_welcome_then_rules(manager: SessionManager, store: Store) -> None:
+    """hello is answered by welcome (pid, last_seq 0) and then the capturing sessions as rules."""
+    first = store.create_session("one", clients=["10.0.0.0/24"])
+    paused = store.create_session("two")
+    store.pause(paused["id"])
+    peer = Peer(manager)
+    assert peer.received() == []  # the proxy speaks first
+    welcome, rules = peer.hello()
+    assert welcome == {"t": "welcome", "v": wire.VERSION, "pid": PID, "last_seq": 0}
+    assert rules["t"] == "rules"
+    assert [s["id"] for s in rules["sessions"]] == [first["id"]]
+    assert rules["sessions"][0]["clients"] == ["10.0.0.0/24"]
+    assert rules["sessions"] == store.capturing_sessions()
+
+
+def test_hello_reports_last_stored_seq(manager: SessionManager, store: Store) -> None:
+    """welcome carries the highest seq already stored for the instance."""
+    session = store.create_session("s")
+    store.ingest(INSTANCE, items([session["id"]], range(1, 6)))
+    welcome = Peer(manager).hello()[0]
+    assert welcome["last_seq"] == 5
+    assert Peer(manager).hello(instance="another")[0]["last_seq"] == 0
+
+
+def test_factory_registers_connected_proxies(manager: SessionManager) -> None:
+    """Connected protocols are in manager.proxies until their connection is lost."""
+    peer = Peer(manager)
+    assert manager.proxies == {peer.protocol}
+    peer.lose()
+    assert manager.proxies == set()
+
+
+# -- flows -----------------------------------------------------------------------
+
+
+def test_flows_stored_and_acked(manager: SessionManager, store: Store) -> None:
+    """A flows message is stored in the named sessions and acked with its highest seq."""
+    session = store.create_session("s")
+    peer = Peer(manager)
+    peer.hello()
+    peer.send("flows", instance=INSTANCE, items=items([session["id"]], range(1, 4)))
+    assert peer.received() == [{"t": "ack", "v": wire.VERSION, "instance": INSTANCE, "seq": 3}]
+    flows, total = store.list_flows(session["id"])
+    assert total == 3
+    assert [f["path"] for f in flows] == ["/item/1", "/item/2", "/item/3"]
+    assert store.last_seq(INSTANCE) == 3
+
+
+def test_resent_batch_acked_again_stored_once(manager: SessionManager, store: Store) -> None:
+    """The same batch sent again (a resend after a lost ack) is acked again but stored once."""
+    session = store.create_session("s")
+    peer = Peer(manager)
+    peer.hello()
+    batch = items([session["id"]], range(1, 3))
+    peer.send("flows", instance=INSTANCE, items=batch)
+    peer.send("flows", instance=INSTANCE, items=batch)
+    assert [(m["t"], m["seq"]) for m in peer.received()] == [("ack", 2), ("ack", 2)]
+    assert store.list_flows(session["id"])[1] == 2
+    assert store.get_session(session["id"])["flow_count"] == 2
+
+
+def test_resend_overlapping_new_flows(manager: SessionManager, store: Store) -> None:
+    """A resend that overlaps the stored ones keeps only the new seqs, on a new connection too."""
+    session = store.create_session("s")
+    peer = Peer(manager)
+    peer.hello()
+    peer.send("flows", instance=INSTANCE, items=items([session["id"]], range(1, 3)))
+    peer.lose()
+    again = Peer(manager)
+    assert again.hello()[0]["last_seq"] == 2
+    again.send("flows", instance=INSTANCE, items=items([session["id"]], range(1, 5)))
+    assert again.received()[0]["seq"] == 4
+    flows, total = store.list_flows(session["id"])
+    assert total == 4
+    assert [f["path"] for f in flows] == ["/item/1", "/item/2", "/item/3", "/item/4"]
+
+
+def test_flows_before_hello_abort(manager: SessionManager, store: Store) -> None:
+    """flows before hello abort the connection and store nothing."""
+    session = store.create_session("s")
+    peer = Peer(manager)
+    peer.send("flows", instance=INSTANCE, items=items([session["id"]], range(1, 2)))
+    assert peer.transport.disconnected is True
+    assert peer.received() == []
+    assert store.list_flows(session["id"])[1] == 0
+    assert store.last_seq(INSTANCE) == 0
+
+
+def test_flows_for_another_instance_abort(manager: SessionManager, store: Store) -> None:
+    """flows naming an instance other than the one that said hello abort the connection."""
+    session = store.create_session("s")
+    peer = Peer(manager)
+    peer.hello()
+    peer.send("flows", instance="someone-else", items=items([session["id"]], range(1, 2)))
+    assert peer.transport.disconnected is True
+    assert store.list_flows(session["id"])[1] == 0
+
+
+def test_flows_with_bad_items_abort(manager: SessionManager) -> None:
+    """A flows message whose items are not lists aborts the connection."""
+    peer = Peer(manager)
+    peer.hello()
+    peer.send("flows", instance=INSTANCE, items=[1, 2])
+    assert peer.transport.disconnected is True
+
+
+# -- calls -----------------------------------------------------------------------
+
+
+def test_call_sessions_create_and_list(manager: SessionManager, store: Store) -> None:
+    """sessions.create answers the new session; sessions.list answers all of them."""
+    peer = Peer(manager)
+    peer.hello()
+    reply = peer.call("sessions.create", name="Lab phone", clients=["10.0.0.7"], filter="~m POST")
+    created = reply["result"]
+    assert "error" not in reply
+    assert created["name"] == "Lab phone"
+    assert created["state"] == "capturing"
+    assert created["clients"] == ["10.0.0.7"]
+    assert created["filter"] == "~m POST"
+    assert store.get_session(created["id"]) == created
+    listed = peer.call("sessions.list", call_id=2)
+    assert listed["result"] == {"sessions": [created]}
+
+
+def test_call_sessions_pause_and_conflict(manager: SessionManager, store: Store) -> None:
+    """sessions.pause pauses; pausing again is a 409 error reply."""
+    session = store.create_session("s")
+    peer = Peer(manager)
+    peer.hello()
+    reply = peer.call("sessions.pause", session_id=session["id"])
+    assert reply["result"]["state"] == "paused"
+    reply = peer.call("sessions.pause", call_id=2, session_id=session["id"])
+    assert "result" not in reply
+    assert reply["error"]["status"] == 409
+    assert "paused" in reply["error"]["message"]
+    assert store.get_session(session["id"])["state"] == "paused"
+
+
+def test_call_unknown_session_is_404(manager: SessionManager) -> None:
+    """A call on a session that does not exist is a 404 error reply."""
+    peer = Peer(manager)
+    for call_id, method in enumerate(["sessions.get", "sessions.pause", "sessions.delete"], start=1):
+        reply = peer.call(method, call_id=call_id, session_id=42)
+        assert reply["error"] == {"status": 404, "message": "no session 42"}
+    assert peer.transport.disconnected is False
+
+
+def test_call_bad_filter_is_400(manager: SessionManager, store: Store) -> None:
+    """A filter that does not parse is a 400, for sessions.create (nothing created) and flows.list."""
+    peer = Peer(manager)
+    reply = peer.call("sessions.create", name="s", filter="~m (")
+    assert reply["error"]["status"] == 400
+    assert reply["error"]["message"].startswith("bad filter:")
+    assert store.list_sessions() == []
+    session = store.create_session("s")
+    reply = peer.call("flows.list", call_id=2, session_id=session["id"], filter="~q ~")
+    assert reply["error"]["status"] == 400
+    assert "bad filter" in reply["error"]["message"]
+
+
+def test_call_unknown_method_is_400(manager: SessionManager) -> None:
+    """An unknown call is a 400 error reply naming it, and the connection stays."""
+    peer = Peer(manager)
+    reply = peer.call("sessions.explode")
+    assert reply["error"] == {"status": 400, "message": "unknown call 'sessions.explode'"}
+    assert peer.transport.disconnected is False
+
+
+def test_call_bad_arguments_is_400(manager: SessionManager) -> None:
+    """Unexpected or missing arguments are a 400 error reply."""
+    peer = Peer(manager)
+    assert peer.call("sessions.get", colour="red")["error"]["status"] == 400
+    assert peer.call("sessions.create", call_id=2)["error"]["status"] == 400
+
+
+def test_call_without_args(manager: SessionManager, store: Store) -> None:
+    """A call with no args map is made with no arguments."""
+    store.create_session("s")
+    peer = Peer(manager)
+    peer.send("call", id=7, method="status")
+    (reply,) = peer.received()
+    assert reply["id"] == 7
+    assert reply["result"] == {"pid": PID, "sessions": 1, "rejected_flows": 0}
+
+
+def test_call_huge_id_answers_error(manager: SessionManager) -> None:
+    """An id too large for SQLite is an error reply (404/400), not an exception that drops the proxy."""
+    peer = Peer(manager)
+    peer.hello()
+    reply = peer.call("sessions.get", session_id=2**63)
+    assert reply["error"]["status"] in (400, 404)
+    assert peer.transport.disconnected is False
+
+
+def test_call_non_map_args_abort(manager: SessionManager) -> None:
+    """Call arguments that are not a map abort the connection."""
+    peer = Peer(manager)
+    peer.send("call", id=1, method="sessions.list", args=[1, 2])
+    assert peer.transport.disconnected is True
+
+
+def test_call_flows_list_and_get(manager: SessionManager, store: Store) -> None:
+    """flows.list pages a session's flows (with a filter); flows.get answers the detail or 404."""
+    session = store.create_session("s")
+    sid = session["id"]
+    peer = Peer(manager)
+    peer.hello()
+    batch = [[1, [sid], make_flow(1).to_wire()], [2, [sid], make_flow(2, method="POST").to_wire()]]
+    peer.send("flows", instance=INSTANCE, items=batch)
+    peer.received()
+    listed = peer.call("flows.list", session_id=sid)["result"]
+    assert listed["total"] == 2
+    assert [f["method"] for f in listed["flows"]] == ["GET", "POST"]
+    filtered = peer.call("flows.list", call_id=2, session_id=sid, filter="~m POST")["result"]
+    assert filtered["total"] == 1
+    assert [f["path"] for f in filtered["flows"]] == ["/item/2"]
+    flow_id = filtered["flows"][0]["id"]
+    detail = peer.call("flows.get", call_id=3, flow_id=flow_id)["result"]
+    assert detail["id"] == flow_id
+    assert detail["session_ids"] == [sid]
+    assert detail["method"] == "POST"
+    assert detail["response"]["body"] == "hello"
+    missing = peer.call("flows.get", call_id=4, flow_id=flow_id + 100)
+    assert missing["error"]["status"] == 404
+    assert peer.call("flows.list", call_id=5, session_id=999)["error"]["status"] == 404
+
+
+def test_state_change_pushes_rules_to_every_proxy(manager: SessionManager, store: Store) -> None:
+    """A state-changing call pushes fresh rules to every connected proxy; a read-only call pushes none."""
+    caller, other = Peer(manager), Peer(manager)
+    caller.hello()
+    other.hello(instance="other-instance")
+    reply = caller.call("sessions.create", name="s", clients=["10.0.0.0/8"])
+    sid = reply["result"]["id"]
+    assert [m["t"] for m in caller.other] == ["rules"]
+    assert [s["id"] for s in caller.other[0]["sessions"]] == [sid]
+    (pushed,) = other.received()
+    assert pushed["t"] == "rules"
+    assert [s["id"] for s in pushed["sessions"]] == [sid]
+
+    caller.call("sessions.list", call_id=2)
+    assert caller.other == []
+    assert other.received() == []
+
+    caller.call("sessions.pause", call_id=3, session_id=sid)
+    assert other.received() == [{"t": "rules", "v": wire.VERSION, "sessions": []}]
+    caller.call("sessions.resume", call_id=4, session_id=sid)
+    assert [s["id"] for s in other.received()[0]["sessions"]] == [sid]
+
+
+def test_failed_state_change_pushes_nothing(manager: SessionManager, store: Store) -> None:
+    """A state change that fails (409) does not push rules."""
+    session = store.create_session("s")
+    store.pause(session["id"])
+    caller, other = Peer(manager), Peer(manager)
+    reply = caller.call("sessions.pause", session_id=session["id"])
+    assert reply["error"]["status"] == 409
+    assert caller.other == []
+    assert other.received() == []
+
+
+# -- bad peers -------------------------------------------------------------------
+
+
+def test_malformed_msgpack_aborts_and_manager_keeps_serving(manager: SessionManager, store: Store) -> None:
+    """Garbage aborts that connection only; another connection is still served."""
+    store.create_session("s")
+    bad = Peer(manager)
+    bad.protocol.dataReceived(b"\xc1\xc1\xc1")
+    assert bad.transport.disconnected is True
+    bad.lose()
+    assert bad.protocol not in manager.proxies
+    good = Peer(manager)
+    welcome, rules = good.hello()
+    assert welcome["t"] == "welcome"
+    assert welcome["pid"] == PID
+    assert len(rules["sessions"]) == 1
+    assert good.call("sessions.list", call_id=1)["result"]["sessions"][0]["name"] == "s"
+
+
+def test_unknown_message_type_aborts(manager: SessionManager) -> None:
+    """A message type the session manager does not take aborts the connection."""
+    peer = Peer(manager)
+    peer.send("welcome", pid=1, last_seq=0)
+    assert peer.transport.disconnected is True
+
+
+def test_message_missing_field_aborts(manager: SessionManager) -> None:
+    """A hello without instance aborts rather than raising out of dataReceived."""
+    peer = Peer(manager)
+    peer.send("hello", pid=1)
+    assert peer.transport.disconnected is True
+
+
+# -- shipper and session manager together ----------------------------------------
+
+
+def connect_pair(manager: SessionManager, shipper: Shipper, clock: MemoryReactorClock):
+    """A ShipperProtocol connected to a SessionProtocol in memory; greeting already pumped."""
+    return connectedServerAndClient(
+        lambda: SessionProtocol(manager),
+        lambda: ShipperProtocol(shipper),
+        clock=clock,
+    )
+
+
+def test_end_to_end_flows_stored_once(manager: SessionManager, store: Store) -> None:
+    """Flows submitted to a real Shipper end up in the store once, and nothing stays pending."""
+    session = store.create_session("lab", clients=["10.0.0.0/24"], filter="~m GET")
+    clock = MemoryReactorClock()
+    shipper = Shipper(clock)
+    client, server, pump = connect_pair(manager, shipper, clock)
+    assert shipper.connected is True
+    assert shipper.session_manager_pid == PID
+    candidates = shipper.rules.for_client("10.0.0.7")
+    assert [r.session_id for r in candidates] == [session["id"]]
+    for n in range(1, 6):
+        flow = make_flow(n, method="GET" if n != 3 else "POST")
+        shipper.submit(flow, matching_sessions(candidates, flow))
+    pump.flush()
+    assert shipper.pending == 0
+    assert shipper.shipped == 5
+    flows, total = store.list_flows(session["id"])
+    assert total == 4
+    assert [f["path"] for f in flows] == ["/item/1", "/item/2", "/item/4", "/item/5"]
+    assert store.last_seq(shipper.instance) == 5
+
+
+def test_end_to_end_lost_ack_resend_stored_once(manager: SessionManager, store: Store) -> None:
+    """When the ack is lost, the reconnect's welcome says what is stored and nothing is stored twice."""
+    session = store.create_session("lab")
+    clock = MemoryReactorClock()
+    shipper = Shipper(clock)
+    client, server, pump = connect_pair(manager, shipper, clock)
+    for n in range(1, 4):
+        shipper.submit(make_flow(n), [session["id"]])
+    clock.advance(0)
+    pump.pump(advanceClock=False)  # the flows reach the store ...
+    assert store.list_flows(session["id"])[1] == 3
+    server.transport.getOutBuffer()  # ... and the ack is lost with the connection
+    client.transport.loseConnection()
+    pump.flush()
+    assert shipper.connected is False
+    assert shipper.pending == 3
+    assert manager.proxies == set()
+
+    client, server, pump = connect_pair(manager, shipper, clock)
+    pump.flush()
+    assert shipper.pending == 0
+    assert store.list_flows(session["id"])[1] == 3
+    assert store.get_session(session["id"])["flow_count"] == 3
+
+    shipper.submit(make_flow(4), [session["id"]])
+    pump.flush()
+    assert shipper.pending == 0
+    assert store.list_flows(session["id"])[1] == 4
+
+
+def test_end_to_end_calls_and_rules(manager: SessionManager, store: Store) -> None:
+    """A call through the Shipper creates a session, and the pushed rules reach the Shipper."""
+    clock = MemoryReactorClock()
+    shipper = Shipper(clock)
+    client, server, pump = connect_pair(manager, shipper, clock)
+    assert shipper.rules.rules == ()
+    results: list[Any] = []
+    shipper.call("sessions.create", name="via call", clients=["192.168.1.0/24"]).addCallback(results.append)
+    pump.flush()
+    (created,) = results
+    assert created["name"] == "via call"
+    assert [r.session_id for r in shipper.rules.for_client("192.168.1.50")] == [created["id"]]
+    assert shipper.rules.for_client("10.0.0.1") == ()
+    failures: list[Failure] = []
+    shipper.call("sessions.get", session_id=created["id"] + 1).addErrback(failures.append)
+    pump.flush()
+    (failure,) = failures
+    assert failure.value.status == 404
