@@ -50,7 +50,6 @@ __all__ = [
 MAX_DEPTH = 100
 """Most parentheses and ``!`` that may be open at once in an expression."""
 
-_FLAGS = ("q", "s", "e", "http", "tcp", "a")
 _STR_REGEXES = ("m", "u", "d", "t", "tq", "ts", "src", "dst")
 # Header and body filters search the captured bytes with a *bytes* pattern
 # compiled from the UTF-8 encoding of the regex: no per-call decode of large
@@ -59,6 +58,9 @@ _STR_REGEXES = ("m", "u", "d", "t", "tq", "ts", "src", "dst")
 # ``.`` and ``[...]`` see bytes, IGNORECASE folds ASCII only, and the
 # str-only escapes ``\u``, ``\U`` and ``\N{...}`` are a bad regex there.
 _BYTES_REGEXES = ("h", "hq", "hs", "b", "bq", "bs")
+# Header blocks are "Name: value" lines joined by "\n" and searched with
+# MULTILINE, as mitmproxy does, so ``~h "^host: .*example$"`` works.
+_HEADER_REGEXES = ("h", "hq", "hs")
 _REGEXES = _STR_REGEXES + _BYTES_REGEXES
 _SPECIAL = "()!&|"
 _QUOTES = "\"'"
@@ -198,7 +200,8 @@ class Regex(Filter):
     """A regex filter: ``name`` is one of m u d h hq hs b bq bs t tq ts src dst.
 
     ``pattern_text`` is the regex as written; it is compiled once, here,
-    case-insensitively (``re.error`` for a bad one) and used with ``search``.
+    case-insensitively (``re.error`` for a bad one) and used with ``search``;
+    for headers and bodies as a bytes pattern, for headers also MULTILINE.
     """
 
     name: str
@@ -216,7 +219,8 @@ class Regex(Filter):
             # "Possible nested set" and the like are advice, not errors; they
             # must not escape parse() (nor become exceptions under -W error).
             warnings.simplefilter("ignore")
-            pattern = re.compile(source, re.IGNORECASE)
+            flags = re.IGNORECASE | (re.MULTILINE if self.name in _HEADER_REGEXES else 0)
+            pattern = re.compile(source, flags)
         object.__setattr__(self, "pattern", pattern)
         object.__setattr__(self, "_test", _regex_matcher(self.name, pattern.search))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -220,9 +221,17 @@ def test_headers_either_side():
     """~h searches request and response headers rendered as 'Name: value' lines."""
     assert parse("~h 'Accept: application/json'")(FLOW)
     assert parse("~h x-served-by:\\s*cache")(FLOW)
-    assert parse("~h '^Host: api\\.example\\.com$'")(FLOW) is False  # one text, no MULTILINE
-    assert parse("~h 'Host: api\\.example\\.com\\n'")(FLOW)
+    assert parse("~h 'Host: api\\.example\\.com\\nAccept'")(FLOW)
     assert not parse("~h cookie")(FLOW)
+
+
+def test_headers_lines_anchor_with_multiline():
+    """Header filters are MULTILINE, as in mitmproxy: ^ and $ anchor each header line."""
+    assert parse("~h '^Host: api\\.example\\.com$'")(FLOW)
+    assert parse("~hq ^accept:")(FLOW)
+    assert parse("~hs '^x-served-by: cache-7$'")(FLOW)
+    assert not parse("~hq '^example'")(FLOW)
+    assert not parse("~bs ^two")(make_flow(response=Message(body=b"one\ntwo")))
 
 
 def test_headers_request_side():
@@ -531,6 +540,9 @@ def test_regex_node_compiles_its_pattern():
     assert parse("~b Example").pattern.search(b"an example")
     assert isinstance(parse("~h x").pattern.pattern, bytes)
     assert isinstance(parse("~t x").pattern.pattern, str)
+    assert parse("~hq x").pattern.flags & re.MULTILINE
+    assert not parse("~bq x").pattern.flags & re.MULTILINE
+    assert not parse("~u x").pattern.flags & re.MULTILINE
 
 
 def test_nodes_reject_unknown_names():
