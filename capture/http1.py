@@ -87,6 +87,19 @@ def parse_target(raw: bytes) -> Target:
     return Target(scheme, parts.hostname.lower(), default if port is None else port, path)
 
 
+def parse_authority(raw: bytes) -> tuple[str, int]:
+    """host and port of a CONNECT target (authority-form, RFC 9112 3.2.3)."""
+    try:
+        text = raw.decode("ascii")
+        parts = urlsplit("//" + text)
+        port = parts.port
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("malformed CONNECT target") from None
+    if not parts.hostname or port is None or port == 0 or parts.path or "@" in text:
+        raise BadRequest("CONNECT needs host:port")
+    return parts.hostname.lower(), port
+
+
 def connection_tokens(headers: Headers) -> set[bytes]:
     """Lower-cased tokens of every Connection header."""
     tokens: set[bytes] = set()

@@ -17,14 +17,17 @@ import httptools
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from capture import http1, pages
+from capture.ca import CertificateAuthority
 from capture.config import Settings
 from capture.flow import Flow, Message
-from capture.rules import matching_sessions
+from capture.rules import SessionRule, matching_sessions
 from capture.shipper import Shipper
+from capture.tls import UpstreamTLS
+from capture.tunnel import Sniffer, TunnelTarget, describe_client_tls_failure, host_matches, tunnel_flow
 from capture.upstream import UpstreamPool, UpstreamProtocol, describe_connect_error
 
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "0.0.0.0", "::", socket.gethostname().lower()}
@@ -37,13 +40,27 @@ class ProxyFactory(Factory):
 
     log = Logger()
 
-    def __init__(self, settings: Settings, shipper: Shipper, reactor: Any, pool: UpstreamPool | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        shipper: Shipper,
+        reactor: Any,
+        pool: UpstreamPool | None = None,
+        ca: CertificateAuthority | None = None,
+    ) -> None:
         self.settings = settings
         self.shipper = shipper
         self.reactor = reactor
-        self.pool = pool or UpstreamPool(reactor, idle_timeout=settings.proxy.idle_timeout)
+        self.ca = ca
+        if pool is None:
+            tls = UpstreamTLS(settings.tls.verify_upstream, settings.tls.upstream_ca)
+            pool = UpstreamPool(reactor, tls, idle_timeout=settings.proxy.idle_timeout)
+        self.pool = pool
         self.own_ports: set[int] = set()
+        self.proxy_port = 0  # the proxy listener's port, for onboarding pages
         self.refused = 0
+        # (client address, host) pairs tunnelled untouched after the client rejected our certificate.
+        self.auto_passthrough: dict[tuple[str, str], float] = {}
         self._allowed: dict[str, bool] = {}
 
     def buildProtocol(self, addr: Any) -> ProxyProtocol:
@@ -64,6 +81,39 @@ class ProxyFactory(Factory):
             if len(self._allowed) < 65536:
                 self._allowed[client] = verdict
         return verdict
+
+    def passes_through(self, client: str, name: str, host: str) -> bool:
+        """Should this TLS tunnel be relayed untouched instead of intercepted?"""
+        patterns = self.settings.tls.passthrough
+        if patterns and (host_matches(name, patterns) or host_matches(host, patterns)):
+            return True
+        return (client, name) in self.auto_passthrough
+
+    def record(self, candidates: tuple[SessionRule, ...], flow: Flow) -> None:
+        """Hand a finished flow to the shipper for every session that wants it."""
+        sessions = matching_sessions(candidates, flow)
+        if sessions:
+            self.shipper.submit(flow, sessions)
+
+    def record_tunnel(self, proxy: ProxyProtocol, host: str, port: int, start: float, up: int, down: int,
+                      error: str, tls_name: str | None = None) -> None:
+        candidates = self.shipper.rules.for_client(proxy.client)
+        if candidates:
+            scheme = "https" if tls_name else "tcp"
+            self.record(candidates, tunnel_flow(proxy, tls_name or host, port, start, self.reactor.seconds(),
+                                                up, down, error, scheme))
+
+    def tls_failed(self, proxy: ProxyProtocol, target: TunnelTarget, name: str, reason: Failure | None) -> None:
+        """A client gave up on our certificate: record it, and pass the host through next time."""
+        message = describe_client_tls_failure(reason, name)
+        if self.settings.tls.auto_passthrough:
+            self.auto_passthrough[(proxy.client, name)] = self.reactor.seconds()
+            message += "; later connections from this client to this host are passed through"
+        self.log.info("{client}: {message}", client=proxy.client, message=message)
+        candidates = self.shipper.rules.for_client(proxy.client)
+        if candidates:
+            self.record(candidates, tunnel_flow(proxy, name, target.port, proxy.start, self.reactor.seconds(),
+                                                0, 0, message, "https"))
 
     def is_self(self, host: str, port: int) -> bool:
         """Would this target loop back into one of our own listeners?"""
@@ -96,13 +146,22 @@ class _Reason:
         self.protocol.transport.abortConnection()
 
 
+@implementer(IHandshakeListener)
 class ProxyProtocol(Protocol):
-    """A client connection: parses requests and runs their exchanges in order."""
+    """A client connection: parses requests and runs their exchanges in order.
+
+    Inside a CONNECT tunnel a second ProxyProtocol parses the tunnelled
+    requests; ``tunnel`` then names where they go.
+    """
 
     factory: ProxyFactory
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, tunnel: TunnelTarget | None = None, tls_name: str | None = None) -> None:
+        self.tunnel = tunnel
+        self.tls_name = tls_name
+        self.handshake_timer: Any = None
+        self.start = 0.0
         self.client = ""
         self.client_port = 0
         self.closing = False
@@ -113,13 +172,16 @@ class ProxyProtocol(Protocol):
         self._exchanges: deque[Exchange] = deque()
         self._paused: set[str] = set()
         self._idle: Any = None
+        self._connect: bytes | None = None
+        self._relay: Any = None  # after CONNECT: what the raw client bytes go to
 
     # -- connection -------------------------------------------------------------
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.client, self.client_port = peer.host, peer.port
-        if not self.factory.allowed(self.client):
+        self.start = self.factory.reactor.seconds()
+        if self.tunnel is None and not self.factory.allowed(self.client):
             self.factory.refused += 1
             self.closing = True
             self.transport.write(http1.error_response(403, "this proxy does not serve your address"))
@@ -130,12 +192,18 @@ class ProxyProtocol(Protocol):
         self._start_idle_timer()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._relay is not None:
+            self._relay.dataReceived(data)
+            return
         if self.closing:
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse(501, "CONNECT and protocol upgrades are not supported yet")
+        except httptools.HttpParserUpgrade as e:
+            if self._connect is None:
+                self._refuse(501, "protocol upgrades (WebSocket, h2c) are not supported")
+            else:
+                self._begin_tunnel(data[e.args[0]:])
         except httptools.HttpParserCallbackError as e:
             cause = e.__cause__ or e.__context__
             if isinstance(cause, http1.BadRequest):
@@ -148,11 +216,60 @@ class ProxyProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.closing = True
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
+        for timer in (self._idle, self.handshake_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if self._relay is not None:
+            self._relay.connectionLost(reason)
+        elif self.tunnel is not None and self.tunnel.scheme == "https" and self.handshake_timer is not None:
+            self.factory.tls_failed(self, self.tunnel, self.tls_name or self.tunnel.host, reason)
         exchanges, self._exchanges = self._exchanges, deque()
         for exchange in exchanges:
             exchange.client_lost()
+
+    # -- tunnels ------------------------------------------------------------------
+
+    def handshakeCompleted(self) -> None:
+        """TLS with an intercepted client is up (IHandshakeListener)."""
+        if self.handshake_timer is not None:
+            if self.handshake_timer.active():
+                self.handshake_timer.cancel()
+            self.handshake_timer = None
+
+    def handshake_timed_out(self) -> None:
+        self.transport.abortConnection()
+
+    def inner(self, target: TunnelTarget, tls_name: str | None = None) -> ProxyProtocol:
+        """The protocol for the requests inside a tunnel of this connection."""
+        protocol = ProxyProtocol(target, tls_name)
+        protocol.factory = self.factory
+        return protocol
+
+    def switch_to(self, relay: Any, buffered: bytes) -> None:
+        """From now on the raw bytes go to ``relay`` (a TLS layer, an inner parser, a tunnel)."""
+        self._relay = relay
+        if isinstance(relay, Protocol):
+            relay.makeConnection(self.transport)
+        if buffered:
+            relay.dataReceived(buffered)
+
+    def _begin_tunnel(self, rest: bytes) -> None:
+        try:
+            host, port = http1.parse_authority(self._connect)
+        except http1.BadRequest as e:
+            self._refuse(e.status, str(e))
+            return
+        if self.tunnel is not None or self._exchanges:
+            self._refuse(400, "CONNECT is only accepted as the first request on a connection")
+            return
+        if self.factory.is_self(host, port):
+            self._refuse(403, "CONNECT would loop into the appliance itself")
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        # One write, so the client is not left waiting on Nagle and delayed ACKs.
+        self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.switch_to(Sniffer(self, host, port), rest)
 
     # -- flow control -----------------------------------------------------------
 
@@ -192,6 +309,7 @@ class ProxyProtocol(Protocol):
         parser = self._parser
         method = parser.get_method()
         if method == b"CONNECT":
+            self._connect = b"".join(self._url)
             return  # the parser raises HttpParserUpgrade next
         framing = http1.request_framing(self._headers)
         exchange = Exchange(
@@ -279,6 +397,7 @@ class Exchange:
         self.finished = False
         self.upstream: UpstreamProtocol | None = None
         self.target: http1.Target | None = None
+        self._absolute = False  # absolute-form target: Host comes from it
         self._pending: list[bytes | None] | None = []  # request body waiting for the upstream
         self._request_trailers: list[tuple[bytes, bytes]] = []
         self._request_size = 0
@@ -303,16 +422,21 @@ class Exchange:
     def start(self) -> None:
         """Our turn on the client connection: find the target and connect."""
         factory = self.proxy.factory
+        tunnel = self.proxy.tunnel
         try:
-            if self.raw_target.startswith(b"/") or self.raw_target == b"*":
+            if tunnel is not None and self.raw_target.startswith(b"/"):
+                self.target = http1.Target(tunnel.scheme, tunnel.host, tunnel.port, self.raw_target.decode("latin-1"))
+            elif self.raw_target.startswith(b"/") or self.raw_target == b"*":
                 self._answer_locally()
                 return
-            self.target = http1.parse_target(self.raw_target)
+            else:
+                self.target = http1.parse_target(self.raw_target)
+                self._absolute = True
         except http1.BadRequest as e:
             self._fail(e.status, str(e))
             return
         target = self.target
-        if target.scheme != "http":
+        if tunnel is None and target.scheme != "http":
             self._fail(400, "https:// targets must be tunnelled with CONNECT")
             return
         if target.host == factory.settings.proxy.magic_host:
@@ -322,7 +446,8 @@ class Exchange:
             self._fail(403, "request would loop into the appliance itself")
             return
         self.proxy.pause("connect")
-        d = factory.pool.acquire(target.scheme, target.host, target.port)
+        server_name = tunnel.server_name if tunnel is not None else None
+        d = factory.pool.acquire(target.scheme, target.host, target.port, server_name)
         d.addCallbacks(self._connected, self._connect_failed)
 
     def request_body(self, data: bytes) -> None:
@@ -362,7 +487,9 @@ class Exchange:
         self._server_ip = peer.host
         upstream.start(self, self.method == b"HEAD")
         keep = frozenset({b"transfer-encoding"}) if self.framing == "chunked" else frozenset()
-        headers = http1.with_host(http1.end_to_end(self.headers, keep), self.target.authority)
+        headers = http1.end_to_end(self.headers, keep)
+        if self._absolute or not _host_header(headers):
+            headers = http1.with_host(headers, self.target.authority)
         upstream.transport.write(http1.request_head(self.method, self.target.path.encode("ascii"), headers))
         if not self.request_complete:
             upstream.transport.registerProducer(self.proxy.producer("upstream"), True)
@@ -490,11 +617,19 @@ class Exchange:
     # -- endings ---------------------------------------------------------------------
 
     def _answer_locally(self) -> None:
-        """Requests for the proxy itself: the magic host's page, or a hint."""
+        """Requests for the proxy itself: the magic host's pages, or a hint."""
         factory = self.proxy.factory
-        host = self.target.host if self.target else _host_header(self.headers)
-        if host.split(":")[0] == factory.settings.proxy.magic_host:
-            response = pages.proxy_page(factory.settings)
+        if self.target is not None:
+            host = self.target.host
+        elif self.proxy.tunnel is not None:
+            host = self.proxy.tunnel.host
+        else:
+            host = _host_header(self.headers).rsplit(":", 1)[0]
+        magic = factory.settings.proxy.magic_host
+        if host == magic and factory.ca is not None:
+            here = self.proxy.transport.getHost()
+            path = self.target.path if self.target is not None else self.raw_target.decode("latin-1")
+            response = pages.as_response(pages.onboarding(path, factory.ca, here.host, factory.proxy_port or here.port, magic))
         else:
             response = http1.error_response(400, "this is an HTTP proxy: send absolute-form requests (curl -x)", close=False)
         self.response_started = True
@@ -563,9 +698,7 @@ class Exchange:
             error=error if not local_status else f"{self._status} {error}",
             server_ip=getattr(self, "_server_ip", ""),
         )
-        sessions = matching_sessions(candidates, flow)
-        if sessions:
-            self.proxy.factory.shipper.submit(flow, sessions)
+        self.proxy.factory.record(candidates, flow)
 
 
 def _host_header(headers: list[tuple[bytes, bytes]]) -> str:

@@ -28,6 +28,8 @@ from twisted.runner.procmon import ProcessMonitor
 
 from capture import __version__, config
 from capture.admin import admin_site
+from capture.ca import CAError, CertificateAuthority
+from capture.flow import iso_time
 from capture.proxy import ProxyFactory
 from capture.shipper import Shipper, ShipperFactory
 
@@ -125,6 +127,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     settings: config.Settings = options["settings"]
+    try:
+        ca = CertificateAuthority.load_or_create(settings.tls.ca_dir)
+    except CAError as e:
+        print(f"capture: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    log.info("CA {path}/ca.pem, SHA-256 {fingerprint}", path=settings.tls.ca_dir, fingerprint=ca.sha256)
     token = ensure_token(settings.admin.token_file)
     log.info("admin token file: {path}", path=settings.admin.token_file)
     if settings.proxy.workers != 1:
@@ -147,7 +155,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     shipper = Shipper(reactor)
     ShipperService(shipper, UNIXClientEndpoint(reactor, settings.store.socket), reactor).setServiceParent(top)
 
-    proxy = ProxyFactory(settings, shipper, reactor)
+    proxy = ProxyFactory(settings, shipper, reactor, ca=ca)
     proxy_listener = Listener("proxy", settings.proxy.listen, proxy, reactor)
     proxy_listener.setServiceParent(top)
 
@@ -159,15 +167,23 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             "pending_flows": shipper.pending,
             "dropped_flows": shipper.dropped,
             "refused_clients": proxy.refused,
-            "ca_sha256": None,
+            "ca_sha256": ca.sha256,
+            "auto_passthrough": [
+                {"client": client, "host": host, "since": iso_time(since)}
+                for (client, host), since in sorted(proxy.auto_passthrough.items())
+            ],
         }
 
-    admin_listener = Listener("admin", settings.admin.listen, admin_site(shipper, token, status), reactor)
+    admin_listener = Listener("admin", settings.admin.listen, admin_site(shipper, token, status, proxy), reactor)
     admin_listener.setServiceParent(top)
 
     # Remember our own ports so requests that would loop back are refused.
-    for listener in (proxy_listener, admin_listener):
-        listener.on_listening = lambda port: proxy.own_ports.add(port)
+    def proxy_listening(port: int) -> None:
+        proxy.own_ports.add(port)
+        proxy.proxy_port = port
+
+    proxy_listener.on_listening = proxy_listening
+    admin_listener.on_listening = proxy.own_ports.add
     return top
 
 

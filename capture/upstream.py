@@ -12,22 +12,34 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import httptools
+from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from capture.tls import UpstreamTLS, VerificationFailed, ClientConnection, describe_tls_failure
 
 if TYPE_CHECKING:
     from capture.proxy import Exchange
 
-PoolKey = tuple[str, str, int]
+PoolKey = tuple[str, str, int, str]  # scheme, host, port, TLS server name
 
 
+@implementer(IHandshakeListener)
 class UpstreamProtocol(Protocol):
-    """One connection to an origin; response events go to ``self.exchange``."""
+    """One connection to an origin; response events go to ``self.exchange``.
 
-    def __init__(self, key: PoolKey) -> None:
+    ``ready`` fires with the protocol once it can carry a request: at once
+    for plain HTTP, after a verified handshake for HTTPS.
+    """
+
+    def __init__(self, key: PoolKey, tls: ClientConnection | None = None) -> None:
         self.key = key
+        self.tls = tls
+        self.ready: defer.Deferred = defer.Deferred()
         self.exchange: Exchange | None = None
         self.reusable = True
         self.on_lost: Any = None
@@ -41,6 +53,20 @@ class UpstreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
+        if self.tls is None:
+            self.ready.callback(self)
+        else:
+            self.transport.startTLS(self.tls)
+
+    def handshakeCompleted(self) -> None:
+        try:
+            self.tls.check(self.tls.ssl)
+        except VerificationFailed as e:
+            self.reusable = False
+            self.transport.abortConnection()
+            self.ready.errback(e)
+            return
+        self.ready.callback(self)
 
     def start(self, exchange: Exchange, head_request: bool) -> None:
         """Bind a new exchange; its request is written by the exchange itself."""
@@ -109,11 +135,26 @@ class UpstreamProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.reusable = False
+        if not self.ready.called:
+            self.ready.errback(self._setup_failure(reason))
+            return
         exchange, self.exchange = self.exchange, None
         if self.on_lost is not None:
             self.on_lost(self)
         if exchange is not None:
             exchange.upstream_lost()
+
+
+    def _setup_failure(self, reason: Failure | None) -> Failure:
+        """Why the connection ended before it could carry a request."""
+        if self.tls is not None:
+            why = self.tls.failure_reason()
+            where = f"{self.key[1]}:{self.key[2]}"
+            if why is not None:
+                return Failure(VerificationFailed(f"TLS verification of {where} failed: {why}"))
+            if reason is not None and reason.check(SSL.Error):
+                return Failure(VerificationFailed(f"TLS handshake with {where} failed: {describe_tls_failure(reason)}"))
+        return reason if reason is not None else Failure(error.ConnectionLost())
 
 
 def _parser_message(e: Exception) -> str:
@@ -127,12 +168,14 @@ class UpstreamPool:
     def __init__(
         self,
         reactor: Any,
+        tls: UpstreamTLS | None = None,
         connect_timeout: float = 10.0,
         idle_timeout: float = 60.0,
         max_idle_per_host: int = 8,
         max_idle: int = 256,
     ) -> None:
         self._reactor = reactor
+        self.tls = tls or UpstreamTLS()
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle_per_host = max_idle_per_host
@@ -140,9 +183,13 @@ class UpstreamPool:
         self._idle: dict[PoolKey, list[tuple[UpstreamProtocol, Any]]] = defaultdict(list)
         self._idle_count = 0
 
-    def acquire(self, scheme: str, host: str, port: int) -> defer.Deferred:
-        """A connected UpstreamProtocol: the most recently used idle one, or a new one."""
-        key = (scheme, host, port)
+    def acquire(self, scheme: str, host: str, port: int, server_name: str | None = None) -> defer.Deferred:
+        """A ready UpstreamProtocol: the most recently used idle one, or a new one.
+
+        ``server_name`` is the name to send as SNI and verify (for HTTPS): the
+        client's SNI when it sent one, else the host.
+        """
+        key = (scheme, host, port, server_name or host)
         idle = self._idle.get(key)
         if idle:
             protocol, timer = idle.pop()
@@ -150,8 +197,9 @@ class UpstreamPool:
             timer.cancel()
             protocol.on_lost = None
             return defer.succeed(protocol)
+        tls = self.tls.connection(key[3]) if scheme == "https" else None
         endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
-        return endpoint.connect(_OneShotFactory(key))
+        return endpoint.connect(_OneShotFactory(key, tls)).addCallback(lambda protocol: protocol.ready)
 
     def release(self, protocol: UpstreamProtocol) -> None:
         """Keep a connection for reuse, or close it if it cannot be reused."""
@@ -186,11 +234,12 @@ class UpstreamPool:
 class _OneShotFactory(Factory):
     noisy = False
 
-    def __init__(self, key: PoolKey) -> None:
+    def __init__(self, key: PoolKey, tls: ClientConnection | None) -> None:
         self.key = key
+        self.tls = tls
 
     def buildProtocol(self, addr: Any) -> UpstreamProtocol:
-        return UpstreamProtocol(self.key)
+        return UpstreamProtocol(self.key, self.tls)
 
 
 def describe_connect_error(failure: Failure, host: str, port: int) -> tuple[int, str]:
@@ -202,6 +251,8 @@ def describe_connect_error(failure: Failure, host: str, port: int) -> tuple[int,
         return 502, f"connection refused by {where}"
     if failure.check(error.TimeoutError, defer.CancelledError, error.ConnectingCancelledError):
         return 504, f"timed out connecting to {where}"
+    if failure.check(VerificationFailed):
+        return 502, str(failure.value)
     if failure.check(error.NoRouteError):
         return 502, f"no route to {where}"
     return 502, f"cannot connect to {where}: {failure.getErrorMessage()}"

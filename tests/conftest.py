@@ -40,20 +40,22 @@ def child_env() -> dict[str, str]:
 
 
 class Origin:
-    """tests/origin.py in its own process."""
+    """tests/origin.py in its own process (HTTPS when given a certificate and key)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cert: Path | None = None, key: Path | None = None) -> None:
+        tls = [str(cert), str(key)] if cert else []
         self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "origin.py")],
+            [sys.executable, str(REPO / "tests" / "origin.py"), *tls],
             stdout=subprocess.PIPE,
             text=True,
             env=child_env(),
         )
         line = self.process.stdout.readline()
         self.port = int(line.split()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
 
     def log(self) -> list[dict]:
+        """Every request this (plain HTTP) origin has seen."""
         return requests.get(f"{self.url}/__log", timeout=5).json()
 
     def stop(self) -> None:

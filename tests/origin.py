@@ -1,8 +1,8 @@
 """A small HTTP/1.1 origin server for the end-to-end tests, run as its own process.
 
 Written on the standard library so it shares no code with the proxy under
-test.  ``python tests/origin.py`` prints ``PORT <n>`` once it listens on
-127.0.0.1 and serves until killed.
+test.  ``python tests/origin.py [CERT KEY]`` prints ``PORT <n>`` once it listens on
+127.0.0.1 (HTTPS when given a certificate and key) and serves until killed.
 
     /bytes?n=N          N deterministic bytes (see ``pattern``) with Content-Length
     /chunked?n=N        the same bytes, chunked
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -142,6 +143,10 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if len(sys.argv) == 3:  # origin.py CERT KEY: serve HTTPS with that certificate
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[1], sys.argv[2])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"PORT {server.server_address[1]}", flush=True)
     server.serve_forever()
 

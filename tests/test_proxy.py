@@ -31,7 +31,7 @@ class FakePool:
         self.connections: list[UpstreamProtocol] = []
         self.released: list[UpstreamProtocol] = []
 
-    def acquire(self, scheme: str, host: str, port: int):
+    def acquire(self, scheme: str, host: str, port: int, server_name=None):
         protocol = UpstreamProtocol((scheme, host, port))
         protocol.makeConnection(Transport(peerAddress=IPv4Address("TCP", "192.0.2.7", port)))
         self.connections.append(protocol)

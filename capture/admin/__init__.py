@@ -1,4 +1,4 @@
-"""The admin listener: the JSON API under /api/ and the pages beside it."""
+"""The admin listener: the JSON API under /api/ and the onboarding pages beside it."""
 
 from __future__ import annotations
 
@@ -6,36 +6,50 @@ from typing import Any, Callable
 
 from twisted.web import resource, server
 
+from capture import pages
 from capture.admin.api import AdminApi
+from capture.proxy import ProxyFactory
 from capture.shipper import Shipper
 
 
-class _Home(resource.Resource):
-    """``/``: a pointer for people who open the admin address in a browser."""
+class _Onboarding(resource.Resource):
+    """``/``, ``/ca.pem``, ``/ca.der``, ``/proxy.pac``: no token, a device needs them first."""
 
     isLeaf = True
 
+    def __init__(self, proxy: ProxyFactory) -> None:
+        super().__init__()
+        self._proxy = proxy
+
     def render_GET(self, request: server.Request) -> bytes:
-        if request.path not in (b"/", b""):
+        proxy = self._proxy
+        host = request.getRequestHostname().decode("ascii", "replace")
+        page = pages.onboarding(
+            request.path.decode("utf-8", "replace"), proxy.ca, host, proxy.proxy_port, proxy.settings.proxy.magic_host
+        )
+        if page is None:
             request.setResponseCode(404)
             request.setHeader(b"Content-Type", b"application/json")
             return b'{"error": "no such page"}\n'
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"capture admin listener: the JSON API is under /api/ (Authorization: Bearer TOKEN).\n"
+        request.setHeader(b"Content-Type", page.content_type)
+        request.setHeader(b"Cache-Control", b"no-store")
+        if page.filename:
+            request.setHeader(b"Content-Disposition", b'inline; filename="%s"' % page.filename.encode("ascii"))
+        return page.body
 
 
 class _Root(resource.Resource):
-    def __init__(self, api: AdminApi) -> None:
+    def __init__(self, api: AdminApi, onboarding: _Onboarding) -> None:
         super().__init__()
         self._api = api
-        self._home = _Home()
+        self._onboarding = onboarding
 
     def getChild(self, name: bytes, request: server.Request) -> resource.Resource:
-        return self._api if name == b"api" else self._home
+        return self._api if name == b"api" else self._onboarding
 
 
-def admin_site(shipper: Shipper, token: str, status: Callable[[], dict[str, Any]]) -> server.Site:
-    site = server.Site(_Root(AdminApi(shipper, token, status)))
+def admin_site(shipper: Shipper, token: str, status: Callable[[], dict[str, Any]], proxy: ProxyFactory) -> server.Site:
+    site = server.Site(_Root(AdminApi(shipper, token, status, proxy), _Onboarding(proxy)))
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -37,9 +37,10 @@ class AdminApi(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, shipper: Shipper, token: str, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, shipper: Shipper, token: str, status: Callable[[], dict[str, Any]], proxy: Any) -> None:
         super().__init__()
         self._shipper = shipper
+        self._proxy = proxy
         self._token = token.encode("ascii")
         self._status = status
         S, F = r"/api/sessions/(\d{1,15})", r"/api/flows/(\d{1,15})"
@@ -52,6 +53,8 @@ class AdminApi(resource.Resource):
             (b"POST", re.compile(S + r"/(pause|resume|stop|clear)"), self._change_session),
             (b"GET", re.compile(S + r"/flows"), self._list_flows),
             (b"GET", re.compile(F), self._get_flow),
+            (b"GET", re.compile(r"/api/passthrough"), self._list_passthrough),
+            (b"DELETE", re.compile(r"/api/passthrough"), self._reset_passthrough),
         ]
 
     def render(self, request: server.Request) -> Any:
@@ -148,6 +151,19 @@ class AdminApi(resource.Resource):
 
     async def _get_flow(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
         return 200, await self._shipper.call("flows.get", flow_id=int(flow_id))
+
+
+    async def _list_passthrough(self, request: server.Request) -> tuple[int, Any]:
+        return 200, {"passthrough": self._status()["auto_passthrough"]}
+
+    async def _reset_passthrough(self, request: server.Request) -> tuple[int, Any]:
+        """Forget auto-passthrough hosts (all, or ?host= and/or ?client=) so they are intercepted again."""
+        host, client = _str_arg(request, "host"), _str_arg(request, "client")
+        table = self._proxy.auto_passthrough
+        forgotten = [key for key in table if (not client or key[0] == client) and (not host or key[1] == host)]
+        for key in forgotten:
+            del table[key]
+        return 200, {"forgotten": len(forgotten)}
 
 
 def _json_body(request: server.Request) -> dict[str, Any]:
