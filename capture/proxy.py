@@ -28,7 +28,7 @@ from capture.rules import SessionRule, matching_sessions
 from capture.shipper import Shipper
 from capture.tls import UpstreamTLS
 from capture.tunnel import Sniffer, TunnelTarget, describe_client_tls_failure, host_matches, tunnel_flow
-from capture.upstream import UpstreamPool, UpstreamProtocol, describe_connect_error
+from capture.upstream import UpstreamPool, UpstreamProtocol, Via, describe_connect_error
 
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "0.0.0.0", "::", socket.gethostname().lower()}
 
@@ -54,7 +54,11 @@ class ProxyFactory(Factory):
         self.ca = ca
         if pool is None:
             tls = UpstreamTLS(settings.tls.verify_upstream, settings.tls.upstream_ca)
-            pool = UpstreamPool(reactor, tls, idle_timeout=settings.proxy.idle_timeout)
+            chained = settings.proxy.upstream
+            via = None
+            if chained is not None:
+                via = Via(chained.host, chained.port, chained.username, chained.password, settings.proxy.no_upstream)
+            pool = UpstreamPool(reactor, tls, via, idle_timeout=settings.proxy.idle_timeout)
         self.pool = pool
         self.own_ports: set[int] = set()
         self.proxy_port = 0  # the proxy listener's port, for onboarding pages
@@ -490,7 +494,12 @@ class Exchange:
         headers = http1.end_to_end(self.headers, keep)
         if self._absolute or not _host_header(headers):
             headers = http1.with_host(headers, self.target.authority)
-        upstream.transport.write(http1.request_head(self.method, self.target.path.encode("ascii"), headers))
+        path = self.target.path.encode("latin-1")
+        if upstream.absolute_form:
+            path = b"http://" + self.target.authority + path
+            if upstream.via.authorization is not None:
+                headers.append((b"Proxy-Authorization", upstream.via.authorization))
+        upstream.transport.write(http1.request_head(self.method, path, headers))
         if not self.request_complete:
             upstream.transport.registerProducer(self.proxy.producer("upstream"), True)
         pending, self._pending = self._pending, None
@@ -529,6 +538,10 @@ class Exchange:
         if status < 200:
             if status != 101 and self.version == b"1.1":
                 client.write(http1.response_head(b"1.1", status, reason, http1.end_to_end(headers)))
+            return
+        if status == 407 and self.upstream.absolute_form:
+            # The chained proxy wants credentials we do not have: that is its failure, not the client's.
+            self.upstream_failed(502, f"upstream proxy {self.upstream.via.name} refused the request: 407 {reason.decode('latin-1')}")
             return
         self.response_started = True
         self._response_start = self.proxy.factory.reactor.seconds()

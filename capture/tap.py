@@ -138,7 +138,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if settings.proxy.workers != 1:
         log.warn("[proxy] workers = {n} is not supported yet; running one proxy process", n=settings.proxy.workers)
     if settings.proxy.upstream is not None:
-        log.warn("[proxy] upstream is not supported yet; connecting directly")
+        log.info("chaining to upstream proxy {host}:{port}", host=settings.proxy.upstream.host, port=settings.proxy.upstream.port)
 
     top = service.MultiService()
 

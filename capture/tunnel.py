@@ -13,6 +13,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
@@ -23,7 +24,7 @@ from twisted.python.failure import Failure
 from capture import tlshello
 from capture.flow import Flow, Message
 from capture.tls import ServerConnection, describe_tls_failure
-from capture.upstream import describe_connect_error
+from capture.upstream import UpstreamProxyFailed, Via, connect_reply_done, describe_connect_error
 
 if TYPE_CHECKING:
     from capture.proxy import ProxyProtocol
@@ -150,8 +151,15 @@ class RawTunnel:
         self._pending: list[bytes] = []
         self._recorded = False
         proxy.pause("connect")
-        endpoint = HostnameEndpoint(proxy.factory.reactor, host, port, timeout=proxy.factory.pool.connect_timeout)
-        endpoint.connect(_RelayFactory(self)).addCallbacks(self._connected, self._failed)
+        pool = proxy.factory.pool
+        via = pool.via if pool.via is not None and pool.via.used_for(host) else None
+        address = (via.host, via.port) if via is not None else (host, port)
+        endpoint = HostnameEndpoint(proxy.factory.reactor, *address, timeout=pool.connect_timeout)
+        d = endpoint.connect(_RelayFactory(self, via))
+        if via is not None:
+            d.addErrback(via.name_in_failure)
+            d.addCallback(lambda relay: relay.ready)
+        d.addCallbacks(self._connected, self._failed)
 
     def dataReceived(self, data: bytes) -> None:
         self.up += len(data)
@@ -200,27 +208,54 @@ class RawTunnel:
 
 
 class _RelayProtocol(Protocol):
-    def __init__(self, tunnel: RawTunnel) -> None:
+    """The origin side of a raw tunnel, first asking a chained proxy for it if there is one."""
+
+    def __init__(self, tunnel: RawTunnel, via: Via | None) -> None:
         self.tunnel = tunnel
+        self.via = via
+        self.ready: Deferred = Deferred()
+        self._reply: bytes | None = None
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
+        if self.via is not None:
+            self._reply = b""
+            self.transport.write(self.via.connect_request(self.tunnel.host, self.tunnel.port))
+        else:
+            self.ready.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self.tunnel.downstream(data)
+        if self._reply is None:
+            self.tunnel.downstream(data)
+            return
+        self._reply += data
+        try:
+            done = connect_reply_done(self._reply)
+        except UpstreamProxyFailed as e:
+            self._reply = None
+            self.ready.errback(UpstreamProxyFailed(f"upstream proxy {self.via.name}: {e}"))
+            self.transport.abortConnection()
+            return
+        if done:
+            self._reply = None
+            self.ready.callback(self)
 
     def connectionLost(self, reason: Failure) -> None:
-        self.tunnel.upstream_closed()
+        if not self.ready.called:
+            self.ready.errback(UpstreamProxyFailed(f"upstream proxy {self.via.name} closed the connection"))
+        elif self.tunnel.upstream is self:
+            self.tunnel.upstream_closed()
 
 
 class _RelayFactory(Factory):
     noisy = False
 
-    def __init__(self, tunnel: RawTunnel) -> None:
+    def __init__(self, tunnel: RawTunnel, via: Via | None) -> None:
         self.tunnel = tunnel
+        self.via = via
 
     def buildProtocol(self, addr: Any) -> _RelayProtocol:
-        return _RelayProtocol(self.tunnel)
+        return _RelayProtocol(self.tunnel, self.via)
 
 
 def tunnel_flow(proxy: ProxyProtocol, host: str, port: int, start: float, end: float, up: int, down: int,

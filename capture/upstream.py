@@ -8,6 +8,8 @@ exchange, which answers the client with an error.
 
 from __future__ import annotations
 
+import base64
+import fnmatch
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +38,11 @@ class UpstreamProtocol(Protocol):
     for plain HTTP, after a verified handshake for HTTPS.
     """
 
-    def __init__(self, key: PoolKey, tls: ClientConnection | None = None) -> None:
+    def __init__(self, key: PoolKey, tls: ClientConnection | None = None, via: Via | None = None) -> None:
         self.key = key
         self.tls = tls
+        self.via = via
+        self._via_reply: bytes | None = None  # the upstream proxy's answer to our CONNECT, while it arrives
         self.ready: defer.Deferred = defer.Deferred()
         self.exchange: Exchange | None = None
         self.reusable = True
@@ -51,12 +55,42 @@ class UpstreamProtocol(Protocol):
         self._head_request = False
         self._keep_alive = False
 
+    @property
+    def absolute_form(self) -> bool:
+        """Requests on this connection go to a chained proxy in absolute form."""
+        return self.via is not None and self.tls is None
+
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
+        if self.via is not None and self.tls is not None:
+            self._via_reply = b""
+            self.transport.write(self.via.connect_request(self.key[1], self.key[2]))
+        else:
+            self._secure()
+
+    def _secure(self) -> None:
         if self.tls is None:
             self.ready.callback(self)
         else:
             self.transport.startTLS(self.tls)
+
+    def _via_data(self, data: bytes) -> None:
+        self._via_reply += data
+        try:
+            done = connect_reply_done(self._via_reply)
+        except UpstreamProxyFailed as e:
+            self._via_failed(str(e))
+            return
+        if done:
+            self._via_reply = None
+            self._secure()
+
+    def _via_failed(self, what: str) -> None:
+        self.reusable = False
+        self._via_reply = None
+        failure = Failure(UpstreamProxyFailed(f"upstream proxy {self.via.name}: {what}"))
+        self.ready.errback(failure)
+        self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
         try:
@@ -116,6 +150,9 @@ class UpstreamProtocol(Protocol):
     # -- transport events -----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._via_reply is not None:
+            self._via_data(data)
+            return
         exchange = self.exchange
         if exchange is None:
             self.reusable = False  # bytes nobody asked for
@@ -169,6 +206,7 @@ class UpstreamPool:
         self,
         reactor: Any,
         tls: UpstreamTLS | None = None,
+        via: Via | None = None,
         connect_timeout: float = 10.0,
         idle_timeout: float = 60.0,
         max_idle_per_host: int = 8,
@@ -176,6 +214,7 @@ class UpstreamPool:
     ) -> None:
         self._reactor = reactor
         self.tls = tls or UpstreamTLS()
+        self.via = via
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle_per_host = max_idle_per_host
@@ -198,8 +237,14 @@ class UpstreamPool:
             protocol.on_lost = None
             return defer.succeed(protocol)
         tls = self.tls.connection(key[3]) if scheme == "https" else None
-        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
-        return endpoint.connect(_OneShotFactory(key, tls)).addCallback(lambda protocol: protocol.ready)
+        via = self.via if self.via is not None and self.via.used_for(host) else None
+        if via is None:
+            endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
+            return endpoint.connect(_OneShotFactory(key, tls)).addCallback(lambda protocol: protocol.ready)
+        endpoint = HostnameEndpoint(self._reactor, via.host, via.port, timeout=self.connect_timeout)
+        d = endpoint.connect(_OneShotFactory(key, tls, via))
+        d.addErrback(via.name_in_failure)
+        return d.addCallback(lambda protocol: protocol.ready)
 
     def release(self, protocol: UpstreamProtocol) -> None:
         """Keep a connection for reuse, or close it if it cannot be reused."""
@@ -234,12 +279,66 @@ class UpstreamPool:
 class _OneShotFactory(Factory):
     noisy = False
 
-    def __init__(self, key: PoolKey, tls: ClientConnection | None) -> None:
+    def __init__(self, key: PoolKey, tls: ClientConnection | None, via: Via | None = None) -> None:
         self.key = key
         self.tls = tls
+        self.via = via
 
     def buildProtocol(self, addr: Any) -> UpstreamProtocol:
-        return UpstreamProtocol(self.key, self.tls)
+        return UpstreamProtocol(self.key, self.tls, self.via)
+
+
+class UpstreamProxyFailed(Exception):
+    """The chained proxy could not be reached, or refused; the message names it."""
+
+
+def connect_reply_done(reply: bytes) -> bool:
+    """Has a chained proxy accepted our CONNECT?  False: not all of its answer is here yet.
+
+    Raises UpstreamProxyFailed for a refusal (a non-2xx answer) or nonsense.
+    """
+    if b"\r\n\r\n" not in reply:
+        if len(reply) > 65536:
+            raise UpstreamProxyFailed("an oversized answer to CONNECT")
+        return False
+    head, rest = reply.split(b"\r\n\r\n", 1)
+    status_line = head.split(b"\r\n", 1)[0]
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].startswith(b"2") or rest:
+        raise UpstreamProxyFailed(f"CONNECT answered {status_line.decode('latin-1')!r}")
+    return True
+
+
+class Via:
+    """A chained (corporate) proxy: absolute-form for HTTP, CONNECT for HTTPS."""
+
+    def __init__(self, host: str, port: int, username: str | None = None, password: str | None = None,
+                 direct: tuple[str, ...] = ()) -> None:
+        self.host = host
+        self.port = port
+        self.direct = direct
+        self.name = f"{host}:{port}"
+        self.authorization: bytes | None = None
+        if username is not None:
+            credentials = f"{username}:{password or ''}".encode("utf-8")
+            self.authorization = b"Basic " + base64.b64encode(credentials)
+
+    def used_for(self, host: str) -> bool:
+        return not any(fnmatch.fnmatchcase(host, pattern) for pattern in self.direct)
+
+    def connect_request(self, host: str, port: int) -> bytes:
+        authority = (f"[{host}]" if ":" in host else host).encode("idna") + b":%d" % port
+        lines = [b"CONNECT %s HTTP/1.1" % authority, b"Host: %s" % authority]
+        if self.authorization is not None:
+            lines.append(b"Proxy-Authorization: " + self.authorization)
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    def name_in_failure(self, failure: Failure) -> Failure:
+        """Say that it was the upstream proxy that failed, not the origin."""
+        if failure.check(UpstreamProxyFailed):
+            return failure
+        status, message = describe_connect_error(failure, self.host, self.port)
+        return Failure(UpstreamProxyFailed(f"upstream proxy {self.name}: {message}"))
 
 
 def describe_connect_error(failure: Failure, host: str, port: int) -> tuple[int, str]:
@@ -251,7 +350,7 @@ def describe_connect_error(failure: Failure, host: str, port: int) -> tuple[int,
         return 502, f"connection refused by {where}"
     if failure.check(error.TimeoutError, defer.CancelledError, error.ConnectingCancelledError):
         return 504, f"timed out connecting to {where}"
-    if failure.check(VerificationFailed):
+    if failure.check(VerificationFailed, UpstreamProxyFailed):
         return 502, str(failure.value)
     if failure.check(error.NoRouteError):
         return 502, f"no route to {where}"
