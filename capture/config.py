@@ -70,11 +70,32 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    max_request_line: int
+    max_header_bytes: int
+    max_headers: int
+    header_timeout: float
+    body_timeout: float
+    max_connections: int
+    connect_timeout: float
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    buffer_memory: int
+    spill_file: str
+    spill_limit: int
+    redact: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Settings:
     proxy: ProxySettings
     tls: TLSSettings
     store: StoreSettings
     admin: AdminSettings
+    limits: LimitSettings
+    capture: CaptureSettings
     source: str  # absolute path of the file read, or parse()'s source
 
 
@@ -209,6 +230,15 @@ def _host_globs(value: str) -> tuple[str, ...]:
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
 
 
+def _header_names(value: str) -> tuple[str, ...]:
+    """HTTP header names (tokens), lowercased, e.g. 'Authorization, Cookie'."""
+    names = tuple(name.lower() for name in _split_list(value))
+    for name in names:
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ValueError(f"{name!r} is not a header name")
+    return names
+
+
 def _host_name(value: str) -> str:
     name = value.lower()
     if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
@@ -287,6 +317,21 @@ SCHEMA: dict[str, dict[str, tuple[Converter, str]]] = {
         "listen": (_endpoint, "tcp:8081"),
         "token_file": (_path, "var/admin.token"),
     },
+    "limits": {
+        "max_request_line": (_integer(64, 1048576), "8192"),
+        "max_header_bytes": (_integer(1024, 16777216), "65536"),
+        "max_headers": (_integer(1, 10000), "100"),
+        "header_timeout": (_seconds, "30"),
+        "body_timeout": (_seconds, "60"),
+        "max_connections": (_integer(1, 1000000), "4096"),
+        "connect_timeout": (_seconds, "10"),
+    },
+    "capture": {
+        "buffer_memory": (_integer(0), "67108864"),
+        "spill_file": (_path, "var/spill.msgpack"),
+        "spill_limit": (_integer(0), "1073741824"),
+        "redact": (_header_names, ""),
+    },
 }
 
 _SECTION_TYPES: dict[str, type] = {
@@ -294,6 +339,8 @@ _SECTION_TYPES: dict[str, type] = {
     "tls": TLSSettings,
     "store": StoreSettings,
     "admin": AdminSettings,
+    "limits": LimitSettings,
+    "capture": CaptureSettings,
 }
 
 

@@ -30,6 +30,8 @@ HOP_BY_HOP = frozenset(
 REASONS = {
     400: b"Bad Request",
     403: b"Forbidden",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
     404: b"Not Found",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",

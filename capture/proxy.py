@@ -58,11 +58,15 @@ class ProxyFactory(Factory):
             via = None
             if chained is not None:
                 via = Via(chained.host, chained.port, chained.username, chained.password, settings.proxy.no_upstream)
-            pool = UpstreamPool(reactor, tls, via, idle_timeout=settings.proxy.idle_timeout)
+            pool = UpstreamPool(reactor, tls, via, connect_timeout=settings.limits.connect_timeout,
+                                idle_timeout=settings.proxy.idle_timeout)
         self.pool = pool
         self.own_ports: set[int] = set()
         self.proxy_port = 0  # the proxy listener's port, for onboarding pages
-        self.refused = 0
+        self.limits = settings.limits
+        self.refused = 0  # clients outside [proxy] allow
+        self.connections = 0
+        self.over_limit = 0  # connections closed at once because max_connections were open
         # (client address, host) pairs tunnelled untouched after the client rejected our certificate.
         self.auto_passthrough: dict[tuple[str, str], float] = {}
         self._allowed: dict[str, bool] = {}
@@ -178,6 +182,15 @@ class ProxyProtocol(Protocol):
         self._idle: Any = None
         self._connect: bytes | None = None
         self._relay: Any = None  # after CONNECT: what the raw client bytes go to
+        self._counted = False
+        # Bounds on the request head being read (see [limits]).
+        self._in_head = True
+        self._head_bytes = 0
+        self._line_done = False
+        self._url_bytes = 0
+        self._header_count = 0
+        self._head_timer: Any = None
+        self._body_timer: Any = None
 
     # -- connection -------------------------------------------------------------
 
@@ -185,7 +198,16 @@ class ProxyProtocol(Protocol):
         peer = self.transport.getPeer()
         self.client, self.client_port = peer.host, peer.port
         self.start = self.factory.reactor.seconds()
-        if self.tunnel is None and not self.factory.allowed(self.client):
+        factory = self.factory
+        if self.tunnel is None:
+            if factory.connections >= factory.limits.max_connections:
+                factory.over_limit += 1
+                self.closing = True
+                self.transport.abortConnection()
+                return
+            factory.connections += 1
+            self._counted = True
+        if self.tunnel is None and not factory.allowed(self.client):
             self.factory.refused += 1
             self.closing = True
             self.transport.write(http1.error_response(403, "this proxy does not serve your address"))
@@ -201,6 +223,14 @@ class ProxyProtocol(Protocol):
             return
         if self.closing:
             return
+        if self._in_head:
+            # llhttp buffers a header value until its line ends: bound the raw bytes too.
+            self._head_bytes += len(data)
+            self._line_done = self._line_done or b"\n" in data
+            limits = self.factory.limits
+            if self._head_bytes > limits.max_header_bytes + limits.max_request_line:
+                self._refuse(431 if self._line_done else 414, "request head too large")
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -220,7 +250,10 @@ class ProxyProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.closing = True
-        for timer in (self._idle, self.handshake_timer):
+        if self._counted:
+            self._counted = False
+            self.factory.connections -= 1
+        for timer in (self._idle, self.handshake_timer, self._head_timer, self._body_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         if self._relay is not None:
@@ -299,17 +332,32 @@ class ProxyProtocol(Protocol):
         self._url = []
         self._headers = []
         self._parsing = None
+        self._url_bytes = self._header_count = 0
+        self._head_timer = self.factory.reactor.callLater(self.factory.limits.header_timeout, self._head_timed_out)
 
     def on_url(self, part: bytes) -> None:
+        self._url_bytes += len(part)
+        if self._url_bytes > self.factory.limits.max_request_line:
+            raise http1.BadRequest("request line too long", 414)
         self._url.append(part)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        limits = self.factory.limits
+        if self._header_count > limits.max_headers:
+            raise http1.BadRequest(f"more than {limits.max_headers} header lines", 431)
         if self._parsing is not None:
             self._parsing.request_trailer(name, value)
         else:
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None and self._head_timer.active():
+            self._head_timer.cancel()
+        size = self._url_bytes + sum(len(n) + len(v) + 4 for n, v in self._headers)
+        if size > self.factory.limits.max_header_bytes:
+            raise http1.BadRequest("request header fields too large", 431)
         parser = self._parser
         method = parser.get_method()
         if method == b"CONNECT":
@@ -327,13 +375,24 @@ class ProxyProtocol(Protocol):
         )
         self._parsing = exchange
         self._exchanges.append(exchange)
+        if framing != "none":
+            self._body_timer = self.factory.reactor.callLater(self.factory.limits.body_timeout, self._body_timed_out)
         if len(self._exchanges) == 1:
             exchange.start()
 
     def on_body(self, data: bytes) -> None:
+        if self._body_timer is not None:
+            self._body_timer.reset(self.factory.limits.body_timeout)
         self._parsing.request_body(data)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._line_done = False
+        if self._body_timer is not None:
+            if self._body_timer.active():
+                self._body_timer.cancel()
+            self._body_timer = None
         exchange = self._parsing
         if exchange is None:
             return
@@ -364,6 +423,21 @@ class ProxyProtocol(Protocol):
         if active is None or not active.response_started:
             self.transport.write(http1.error_response(status, message))
         self.transport.loseConnection()
+
+    def _head_timed_out(self) -> None:
+        if self._in_head and not self.closing:
+            self._refuse(408, "request head not received in time")
+
+    def _body_timed_out(self) -> None:
+        if self.closing:
+            return
+        if self._paused:  # we stopped reading it ourselves: not the client's fault
+            self._body_timer = self.factory.reactor.callLater(self.factory.limits.body_timeout, self._body_timed_out)
+            return
+        self._body_timer = None
+        self.log.info("{client}: request body stalled; closing", client=self.client)
+        self.closing = True
+        self.transport.abortConnection()
 
     def _start_idle_timer(self) -> None:
         self._idle = self.factory.reactor.callLater(self.factory.settings.proxy.idle_timeout, self._idle_expired)

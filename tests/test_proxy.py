@@ -283,3 +283,70 @@ def test_loop_into_own_port_is_refused():
     proxy.factory.own_ports.add(8081)
     proxy.dataReceived(b"GET http://localhost:8081/api/status HTTP/1.1\r\nHost: h\r\n\r\n")
     assert client.value().startswith(b"HTTP/1.1 403") and not pool.connections
+
+
+def test_long_request_line_is_414():
+    """A request target past max_request_line is answered 414 and closed."""
+    proxy, client, pool, _, _ = make_proxy("[limits]\nmax_request_line = 100\n")
+    proxy.dataReceived(b"GET http://h/" + b"a" * 200 + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 414") and client.disconnecting and not pool.connections
+
+
+def test_too_many_or_too_large_headers_are_431():
+    """More header lines than max_headers, or a head past max_header_bytes, is a 431."""
+    proxy, client, pool, _, _ = make_proxy("[limits]\nmax_headers = 3\n")
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(5)) + b"\r\n")
+    assert client.value().startswith(b"HTTP/1.1 431") and not pool.connections
+    proxy, client, pool, _, _ = make_proxy("[limits]\nmax_header_bytes = 2048\n")
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nX-Big: " + b"b" * 3000 + b"\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 431") and not pool.connections
+
+
+def test_endless_header_value_is_cut_off():
+    """A header value that never ends is refused once the raw head passes the bound."""
+    proxy, client, _, _, _ = make_proxy("[limits]\nmax_header_bytes = 2048\nmax_request_line = 100\n")
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nX-Endless: ")
+    for _ in range(10):
+        proxy.dataReceived(b"x" * 1000)
+    assert client.value().startswith(b"HTTP/1.1 431") and client.disconnecting
+
+
+def test_slow_request_head_gets_408():
+    """A client that starts a request head and trickles it (slowloris) gets 408 after header_timeout."""
+    proxy, client, _, _, clock = make_proxy("[limits]\nheader_timeout = 5\n")
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHo")
+    clock.advance(4)
+    proxy.dataReceived(b"st: h\r\n")
+    assert not client.disconnecting
+    clock.advance(1.5)
+    assert client.value().startswith(b"HTTP/1.1 408") and client.disconnecting
+
+
+def test_stalled_body_is_closed_and_recorded():
+    """A body that stops arriving for body_timeout closes the connection; the flow says why."""
+    proxy, client, pool, shipper, clock = make_proxy("[limits]\nbody_timeout = 5\n")
+    proxy.dataReceived(b"POST http://h/ HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+    clock.advance(4)
+    proxy.dataReceived(b"de")
+    clock.advance(4)
+    assert not client.disconnecting
+    clock.advance(2)
+    assert client.disconnecting
+    proxy.connectionLost(None)
+    assert pool.connections[0].transport.aborted
+    [flow] = queued(shipper)
+    assert "client closed" in flow.error and flow.request.size == 5
+
+
+def test_connections_past_the_limit_are_closed_at_once():
+    """With max_connections open, the next connection is closed at once and counted."""
+    first, client1, _, _, _ = make_proxy("[limits]\nmax_connections = 1\n")
+    second = first.factory.buildProtocol(None)
+    transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50001))
+    second.makeConnection(transport)
+    assert transport.aborted and first.factory.over_limit == 1
+    first.connectionLost(None)
+    third = first.factory.buildProtocol(None)
+    transport3 = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50002))
+    third.makeConnection(transport3)
+    assert not getattr(transport3, "aborted", False) and first.factory.connections == 1
