@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import sqlite3
 import stat
 
 import pytest
 
+from capture import filters
 from capture.flow import Flow, Message, iso_time
 from capture.sessiond.store import (
     SCHEMA_VERSION,
@@ -87,7 +89,7 @@ def store(tmp_path, clock):
 
 
 def test_schema_created_with_wal_and_version(tmp_path):
-    """A new store creates its directory, uses WAL, and records schema version 1."""
+    """A new store creates its directory, uses WAL, and records the current schema version."""
     path = tmp_path / "nested" / "dir" / "capture.sqlite"
     Store(str(path)).close()
     assert path.exists()
@@ -96,9 +98,9 @@ def test_schema_created_with_wal_and_version(tmp_path):
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 1
+        assert SCHEMA_VERSION == 2
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"sessions", "flows", "session_flows", "delivered", "schema_version"} <= tables
+        assert {"sessions", "flows", "flow_records", "session_flows", "delivered", "schema_version"} <= tables
         indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"flows_host", "flows_status", "flows_method", "flows_client", "flows_time"} <= indexes
     finally:
@@ -111,7 +113,7 @@ def test_reopen_does_not_migrate_again(tmp_path):
     Store(path).close()
     Store(path).close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     db.close()
 
 
@@ -558,3 +560,384 @@ def test_get_flow_detail(store):
     assert detail["response"]["headers"] == [["Content-Type", "text/plain; charset=utf-8"]]
     assert detail["request"]["body_encoding"] == "utf-8"
     assert detail["timings"]["start"] == iso_time(T0)
+
+
+# filters, sorting and statistics -----------------------------------------------
+
+
+def test_list_flows_filter_pushed_down(store):
+    """A filter expression selects, pages and counts in the store; parsed trees work too."""
+    sid = store.create_session("s")["id"]
+    batch = [
+        (i + 1, [sid], wire(path=f"/{i}", start=T0 + i, method="POST" if i % 3 == 0 else "GET"))
+        for i in range(10)
+    ]
+    store.ingest("p", batch)
+    flows, total = store.list_flows(sid, filter="~m POST")
+    assert total == 4
+    assert [f["path"] for f in flows] == ["/0", "/3", "/6", "/9"]
+    page, total = store.list_flows(sid, filter="~m POST", limit=2, offset=1)
+    assert ([f["path"] for f in page], total) == (["/3", "/6"], 4)
+    # Past the end of the matches, the total is still counted.
+    assert store.list_flows(sid, filter="~m POST", offset=10) == ([], 4)
+    assert store.list_flows(sid, filter="~m POST & ~b nomatch") == ([], 0)
+    assert store.list_flows(sid, filter="") == store.list_flows(sid)
+
+
+def test_list_flows_filter_and_predicate_combine(store):
+    """A predicate is applied on top of the filter."""
+    sid = store.create_session("s")["id"]
+    store.ingest("p", [(i + 1, [sid], wire(path=f"/{i}", start=T0 + i, status=200 + i)) for i in range(6)])
+    flows, total = store.list_flows(sid, filter="!~c 201", predicate=lambda f: f.status % 2 == 0)
+    assert total == 3
+    assert [f["status"] for f in flows] == [200, 202, 204]
+
+
+@pytest.mark.parametrize("expression", ["~q ~", "~m (", "(~s", "~c x", "~nope", "~u '['"])
+def test_list_flows_bad_filter_names_position(store, expression):
+    """A filter that does not parse is Invalid (400), the message naming the position."""
+    sid = store.create_session("s")["id"]
+    with pytest.raises(Invalid) as info:
+        store.list_flows(sid, filter=expression)
+    assert info.value.status == 400
+    assert str(info.value).startswith("bad filter:")
+    assert "at position" in str(info.value)
+    with pytest.raises(Invalid):
+        list(store.iter_flows(sid, filter=expression))
+    with pytest.raises(Invalid):
+        store.list_flows(sid, filter=42)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"sort": "host"}, {"sort": "TIME"}, {"sort": None}, {"order": "up"}, {"order": "DESC"}]
+)
+def test_list_flows_invalid_sort(store, kwargs):
+    """A sort other than time/status/duration/size/request_size, or an order other than asc/desc, is Invalid."""
+    sid = store.create_session("s")["id"]
+    with pytest.raises(Invalid) as info:
+        store.list_flows(sid, **kwargs)
+    assert info.value.status == 400
+    assert ("sort" if "sort" in kwargs else "order") in str(info.value)
+
+
+def _sorted_flows() -> list[Flow]:
+    """Flows whose status, duration and sizes are in different orders, with ties."""
+    flows = []
+    specs = [  # start offset, status, duration s (None: unfinished), response body, request size
+        (0, 404, 0.3, b"x" * 30, 5),
+        (1, 200, 0.1, b"x" * 10, 50),
+        (2, 200, None, b"x" * 30, 0),
+        (3, 500, 0.2, b"", 7),
+        (4, 0, 0.1, b"", 50),
+        (5, 404, 0.4, b"x" * 20, 1),
+    ]
+    for offset, status, duration, body, request_size in specs:
+        flow = make_flow(path=f"/{offset}", start=T0 + offset, status=status, response_body=body)
+        flows.append(
+            dataclasses.replace(
+                flow,
+                end=None if duration is None else T0 + offset + duration,
+                request=Message(headers=flow.request.headers, size=request_size),
+            )
+        )
+    return flows
+
+
+@pytest.mark.parametrize("sort", ["time", "status", "duration", "size", "request_size"])
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("expression", ["", "~http", "~b '.*' | ~e"])
+def test_list_flows_sort_and_order(store, sort, order, expression):
+    """Each sort orders by its key, then time and id; desc is the exact reverse; SQL and residual paths agree."""
+    sid = store.create_session("s")["id"]
+    store.ingest("p", [(i + 1, [sid], flow.to_wire()) for i, flow in enumerate(_sorted_flows())])
+    listed, total = store.list_flows(sid, sort=sort, order=order, filter=expression)
+    assert total == 6
+    field = {"time": None, "status": "status", "duration": "duration_ms", "size": "response_size",
+             "request_size": "request_size"}[sort]
+
+    def key(summary):
+        value = summary[field] if field else 0
+        if field == "status":
+            value = value or 0
+        # SQLite puts NULL (an unfinished flow's duration) first ascending.
+        return (value is not None, value or 0, summary["time"], summary["id"])
+
+    expected = sorted(listed, key=key, reverse=order == "desc")
+    assert listed == expected
+    assert len({f["id"] for f in listed}) == 6
+    paths = [f["path"] for f in listed]
+    if sort == "status" and order == "asc":
+        assert paths == ["/4", "/1", "/2", "/0", "/5", "/3"]
+    if sort == "duration" and order == "desc":
+        assert paths == ["/5", "/0", "/3", "/4", "/1", "/2"]
+    page, _ = store.list_flows(sid, sort=sort, order=order, filter=expression, limit=2, offset=3)
+    assert page == listed[3:5]
+
+
+def test_iter_flows_filter(store):
+    """iter_flows takes the same filter, across read chunks, oldest first."""
+    sid = store.create_session("s")["id"]
+    store.ingest("p", [(i + 1, [sid], wire(path=f"/{i}", start=T0 + i % 5, host=f"h{i % 3}.test"))
+                       for i in range(1200)])
+    seen = list(store.iter_flows(sid, filter="~d h1 & ~b hello"))
+    assert len(seen) == 400
+    assert all(flow.host == "h1.test" for _, flow in seen)
+    keys = [(flow.start, flow_id) for flow_id, flow in seen]
+    assert keys == sorted(keys)
+
+
+def test_load_flow(store):
+    """load_flow returns the stored Flow itself; NotFound and Invalid as for get_flow."""
+    sid = store.create_session("s")["id"]
+    flow = make_flow(path="/x")
+    store.ingest("p", [(1, [sid], flow.to_wire())])
+    flow_id = store.list_flows(sid)[0][0]["id"]
+    assert store.load_flow(flow_id) == flow
+    with pytest.raises(NotFound):
+        store.load_flow(flow_id + 1)
+    with pytest.raises(Invalid):
+        store.load_flow("1")
+
+
+def test_clear_removes_records(store, tmp_path):
+    """Clearing and deleting remove the records of flows no session holds, and only those."""
+    a = store.create_session("a")["id"]
+    b = store.create_session("b")["id"]
+    store.ingest("p", [(1, [a, b], wire(path="/shared")), (2, [a], wire(path="/only-a"))])
+    store.clear(a)
+    db = sqlite3.connect(str(tmp_path / "db" / "capture.sqlite"))
+    try:
+        assert db.execute("SELECT count(*) FROM flows").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM flow_records").fetchone() == (1,)
+        store.delete(b)
+        assert db.execute("SELECT count(*) FROM flow_records").fetchone() == (0,)
+    finally:
+        db.close()
+
+
+def test_stats(store):
+    """stats counts and sums overall and per method, host, status class, content type and client."""
+    sid = store.create_session("s")["id"]
+    other = store.create_session("other")["id"]
+    empty = store.create_session("empty")["id"]
+
+    def flow(n, start, method="GET", host="example.com", status=200, body=b"abc", content_type=b"text/html",
+             client="10.0.0.5", error="", end=0.5, request_body=b""):
+        base = make_flow(path=f"/{n}", start=T0 + start, host=host, method=method, status=status,
+                         response_body=body, error=error)
+        response = None
+        if status:
+            response = Message(headers=((b"Content-Type", content_type),), body=body, size=len(body))
+        return dataclasses.replace(
+            base, client=client, response=response, end=None if end is None else T0 + start + end,
+            request=Message(body=request_body, size=len(request_body)),
+        )
+
+    flows = [
+        flow(1, 0.0, body=b"x" * 100),
+        flow(2, 1.0, method="POST", request_body=b"r" * 40, status=201, content_type=b"application/json"),
+        flow(3, 2.0, host="API.test", status=404, body=b"", content_type=b"Application/JSON"),
+        flow(4, 3.0, host="api.test", status=0, body=b"", error="connection refused", end=0.25),
+        flow(5, 4.0, status=0, body=b"", end=None, client="10.0.0.6"),
+        flow(6, 10.0, status=502, body=b"y" * 10, content_type=b"text/html", client="10.0.0.6"),
+        flow(7, 5.0, status=101, body=b""),
+        flow(8, 6.0, status=999, body=b""),
+    ]
+    store.ingest("p", [(i + 1, [sid], f.to_wire()) for i, f in enumerate(flows)])
+    store.ingest("p", [(100, [other], flow(9, 20.0, method="DELETE").to_wire())])
+    stats = store.stats(sid)
+    assert {k: v for k, v in stats.items() if not k.startswith("by_")} == {
+        "session_id": sid,
+        "flows": 8,
+        "request_bytes": 40,
+        "response_bytes": 100 + 3 + 10,
+        "first": iso_time(T0),
+        "last": iso_time(T0 + 10.0),
+        "duration_ms": 500.0 * 6 + 250.0,
+        "span_ms": 10000.0,
+    }
+
+    def group(key, count, sent=0, received=0):
+        return {"key": key, "count": count, "request_bytes": sent, "response_bytes": received}
+
+    assert stats["by_method"] == [group("GET", 7, 0, 110), group("POST", 1, 40, 3)]
+    assert stats["by_host"] == [group("example.com", 6, 40, 113), group("api.test", 2, 0, 0)]
+    assert stats["by_status_class"] == [
+        group("2xx", 2, 40, 103),
+        group("1xx", 1),
+        group("4xx", 1),
+        group("5xx", 1, 0, 10),
+        group("error", 1),
+        group("none", 1),
+        group("other", 1),
+    ]
+    assert stats["by_content_type"] == [
+        group("text/html", 4, 0, 110),
+        group("", 2),
+        group("application/json", 2, 40, 3),
+    ]
+    assert stats["by_client"] == [group("10.0.0.5", 6, 40, 103), group("10.0.0.6", 2, 0, 10)]
+    assert store.stats(empty) == {
+        "session_id": empty, "flows": 0, "request_bytes": 0, "response_bytes": 0, "first": None,
+        "last": None, "duration_ms": 0.0, "span_ms": None, "by_method": [], "by_host": [],
+        "by_status_class": [], "by_content_type": [], "by_client": [],
+    }
+    with pytest.raises(NotFound):
+        store.stats(999)
+    with pytest.raises(Invalid):
+        store.stats("1")
+
+
+# schema migration --------------------------------------------------------------
+
+
+def test_migration_from_version_1(tmp_path):
+    """A version 1 store is migrated: flows and links kept, records moved, new columns filled, ids not reused."""
+    from capture.sessiond import store as store_module
+
+    path = str(tmp_path / "capture.sqlite")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version (version) VALUES (1)")
+    for statement in store_module._SCHEMA_V1:
+        db.execute(statement)
+    db.execute(
+        "INSERT INTO sessions (name, state, created, updated, stopped, clients, filter, capture_responses,"
+        " cookies_enabled, cookie_domains, flow_count)"
+        " VALUES ('old', 'capturing', ?, ?, NULL, '[]', '', 1, 0, '[]', 2)",
+        (T0, T0),
+    )
+    with_response = make_flow(path="/ok")
+    with_response = dataclasses.replace(
+        with_response, request=Message(headers=((b"Content-Type", b"application/json"),), body=b"{}", size=2)
+    )
+    without = make_flow(path="/failed", start=T0 + 1, status=0, error="refused")
+    for flow_id, flow in [(1, with_response), (3, without)]:
+        columns, record = store_module._flow_row(flow)
+        db.execute(
+            "INSERT INTO flows (id, time, client, client_port, method, scheme, host, port, path, url, status,"
+            " request_size, response_size, content_type, duration_ms, error, kind, record)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (flow_id, *columns[:16], record),
+        )
+        db.execute("INSERT INTO session_flows (session_id, time, flow_id) VALUES (1, ?, ?)", (flow.start, flow_id))
+    db.execute("UPDATE sqlite_sequence SET seq = 7 WHERE name = 'flows'")  # flows up to 7 were deleted
+    db.close()
+
+    with Store(path) as s:
+        flows, total = s.list_flows(1)
+        assert total == 2
+        assert flows == [{"id": 1, **with_response.summary()}, {"id": 3, **without.summary()}]
+        assert s.get_flow(3)["error"] == "refused"
+        assert [f["id"] for f in s.list_flows(1, filter="~s")[0]] == [1]
+        assert [f["id"] for f in s.list_flows(1, filter="~q")[0]] == [3]
+        assert [f["id"] for f in s.list_flows(1, filter="~tq json")[0]] == [1]
+        assert [f["id"] for f in s.list_flows(1, filter="~ts text/plain")[0]] == [1]
+        s.ingest("p", [(1, [1], wire(path="/new", start=T0 + 2))])
+        assert s.list_flows(1)[0][-1]["id"] == 8
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        tables = {name for (name,) in check.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "flows_v1" not in tables
+        columns = [row[1] for row in check.execute("PRAGMA table_info(flows)")]
+        assert "record" not in columns
+    finally:
+        check.close()
+
+
+# a large session ---------------------------------------------------------------
+
+LARGE = 100_000
+
+
+def _large_wire(i: int, rnd) -> dict:
+    status = rnd.choice((200, 200, 200, 201, 304, 404, 500, 0))
+    start = T0 + i * 0.01 + rnd.choice((0.0, 0.0, 0.015))  # some out of ingest order
+    response = None
+    if status:
+        size = rnd.randrange(0, 5000)
+        response = {"headers": [[b"Content-Type", rnd.choice((b"application/json", b"text/html"))]],
+                    "body": b"", "size": size, "truncated": size > 0}
+    return {
+        "v": 1, "kind": "http", "client": f"10.0.0.{rnd.randrange(1, 20)}", "client_port": 40000 + i % 20000,
+        "scheme": "https", "host": rnd.choice(("example.com", "api.example.com", "cdn.test", "other.test")),
+        "port": 443, "method": rnd.choice(("GET", "GET", "GET", "POST", "PUT")),
+        "path": rnd.choice(("/api/items/", "/static/", "/v2/")) + str(i), "http_version": "1.1",
+        "request": {"headers": [], "body": b"", "size": rnd.randrange(0, 300), "truncated": False},
+        "status": status, "reason": "", "response": response, "start": start,
+        "request_done": None, "response_start": None,
+        "end": start + rnd.randrange(1, 2000) / 1000 if rnd.random() < 0.95 else None,
+        "error": "" if status else "connection reset", "server_ip": "",
+    }
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory):
+    """One session of 100,000 flows (summaries only), and the flows themselves by id."""
+    import random
+
+    s = Store(str(tmp_path_factory.mktemp("large") / "capture.sqlite"))
+    sid = s.create_session("large")["id"]
+    rnd = random.Random(7)
+    wires = [_large_wire(i, rnd) for i in range(LARGE)]
+    for first in range(0, LARGE, 10_000):
+        s.ingest("p", [(i + 1, [sid], wires[i]) for i in range(first, first + 10_000)])
+    # Ids are given in ingest order, from 1.
+    flows = [(i + 1, Flow.from_wire(w)) for i, w in enumerate(wires)]
+    yield s, sid, flows
+    s.close()
+
+
+@pytest.mark.parametrize(
+    "expression, sort, order",
+    [
+        ("", "time", "asc"),
+        ("", "time", "desc"),
+        ("~m POST", "time", "asc"),
+        ("~d example", "time", "asc"),
+        ("~c 404", "time", "asc"),
+        ("~src 10.0.0.5", "time", "asc"),
+        ("~u /api/", "time", "desc"),
+        ("~m POST & ~d api & !~c 500", "size", "desc"),
+        ("", "status", "asc"),
+        ("", "duration", "desc"),
+        ("", "size", "desc"),
+        ("~q | ~e", "request_size", "asc"),
+    ],
+)
+def test_large_session_queries(large, expression, sort, order):
+    """Over 100,000 flows the listed queries give the right first and later pages and totals."""
+    s, sid, flows = large
+    tree = filters.parse(expression)
+    matching = [(flow_id, flow) for flow_id, flow in flows if tree(flow)]
+    value = {
+        "time": lambda f: 0,
+        "status": lambda f: f.status,
+        "duration": lambda f: (f.duration_ms is not None, f.duration_ms or 0),
+        "size": lambda f: f.response.size if f.response else 0,
+        "request_size": lambda f: f.request.size,
+    }[sort]
+    matching.sort(key=lambda item: (value(item[1]), item[1].start, item[0]), reverse=order == "desc")
+    expected = [flow_id for flow_id, _ in matching]
+    page, total = s.list_flows(sid, filter=expression, sort=sort, order=order, limit=100)
+    assert total == len(expected)
+    assert [f["id"] for f in page] == expected[:100]
+    offset = len(expected) // 2
+    page, total = s.list_flows(sid, filter=expression, sort=sort, order=order, limit=1000, offset=offset)
+    assert [f["id"] for f in page] == expected[offset : offset + 1000]
+
+
+def test_large_session_stats(large):
+    """stats over 100,000 flows agrees with counting them in Python."""
+    s, sid, flows = large
+    stats = s.stats(sid)
+    assert stats["flows"] == LARGE
+    assert stats["request_bytes"] == sum(f.request.size for _, f in flows)
+    assert stats["response_bytes"] == sum(f.response.size for _, f in flows if f.response)
+    methods = {}
+    for _, f in flows:
+        methods[f.method] = methods.get(f.method, 0) + 1
+    assert {g["key"]: g["count"] for g in stats["by_method"]} == methods
+    assert [g["count"] for g in stats["by_host"]] == sorted((g["count"] for g in stats["by_host"]), reverse=True)
+    assert sum(g["count"] for g in stats["by_status_class"]) == LARGE

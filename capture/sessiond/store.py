@@ -8,7 +8,11 @@ methods rather than a rewrite.
 
 A flow is stored once, however many sessions it belongs to; ``session_flows``
 links it to each, keyed ``(session_id, time, flow_id)`` so that "a session's
-flows, oldest first" is a range scan of that key.
+flows, oldest first" is a range scan of that key.  ``flows`` holds the summary
+columns that listings, filters and statistics read; the full record (headers
+and bodies, up to ``max_capture_body`` each) lives apart in ``flow_records``,
+so a query over a session's summaries reads compact rows, not megabytes of
+bodies.  Filters are pushed down to SQL by :mod:`capture.sessiond.query`.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from typing import Any
 
 import msgpack
 
+from capture import filters
 from capture.flow import Flow, iso_time
+from capture.sessiond import query
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STATES = ("capturing", "paused", "stopped")
 
@@ -100,8 +106,85 @@ _SCHEMA_V1 = (
     )""",
 )
 
-# _MIGRATIONS[n] takes a database at version n to version n + 1.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+_FLOWS_V2 = """CREATE TABLE flows (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        client TEXT NOT NULL,
+        client_port INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        scheme TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        url TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        request_size INTEGER NOT NULL,
+        response_size INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        duration_ms REAL,
+        error TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        has_response INTEGER NOT NULL,
+        request_type TEXT,
+        response_type TEXT,
+        plain INTEGER NOT NULL
+    )"""
+
+_FLOW_INDEXES = (
+    "CREATE INDEX flows_host ON flows (host)",
+    "CREATE INDEX flows_status ON flows (status)",
+    "CREATE INDEX flows_method ON flows (method)",
+    "CREATE INDEX flows_client ON flows (client)",
+    "CREATE INDEX flows_time ON flows (time)",
+)
+
+
+def _migrate_v2(db: sqlite3.Connection) -> None:
+    """Version 2: records move to ``flow_records``; columns that let SQL answer filters exactly.
+
+    ``has_response`` (a response of size 0 is still one); ``request_type`` and
+    ``response_type``, the first Content-Type header of each side as sent,
+    NULL when absent, which is what ``~tq`` and ``~ts`` search; ``plain``, 1
+    when every text a filter searches is printable ASCII, where SQLite's
+    case folding is Python's (see :mod:`capture.sessiond.query`).
+    """
+    (sequence,) = db.execute(
+        "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'flows'"
+    ).fetchone()
+    db.execute("ALTER TABLE flows RENAME TO flows_v1")
+    db.execute(_FLOWS_V2)
+    db.execute("CREATE TABLE flow_records (id INTEGER PRIMARY KEY, record BLOB NOT NULL)")
+    rows = db.execute(
+        "SELECT id, time, client, client_port, method, scheme, host, port, path, url, status,"
+        " request_size, response_size, content_type, duration_ms, error, kind, record"
+        " FROM flows_v1 ORDER BY id"
+    )
+    while chunk := rows.fetchmany(_SCAN_CHUNK):
+        summaries, records = [], []
+        for row in chunk:
+            record = row[-1]
+            summaries.append((*row[:-1], *_v2_columns(_decode(record))))
+            records.append((row[0], record))
+        db.executemany(_INSERT_FLOW, summaries)
+        db.executemany(_INSERT_RECORD, records)
+    db.execute("DROP TABLE flows_v1")
+    for statement in _FLOW_INDEXES:
+        db.execute(statement)
+    # Keep AUTOINCREMENT's promise across the copy: no id is ever reused.
+    db.execute("DELETE FROM sqlite_sequence WHERE name IN ('flows', 'flows_v1')")
+    (highest,) = db.execute("SELECT coalesce(max(id), 0) FROM flows").fetchone()
+    if max(sequence, highest):
+        db.execute(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('flows', ?)", (max(sequence, highest),)
+        )
+
+
+# _MIGRATIONS[n] takes a database at version n to version n + 1: a list of
+# statements, or a function for a step that needs more than SQL.
+_MIGRATIONS: tuple[tuple[str, ...] | Callable[[sqlite3.Connection], None], ...] = (
+    _SCHEMA_V1,
+    _migrate_v2,
+)
 
 _SESSION_COLUMNS = (
     "id, name, state, created, updated, stopped, clients, filter,"
@@ -116,8 +199,30 @@ _SUMMARY_COLUMNS = (
 _INSERT_FLOW = (
     "INSERT INTO flows (id, time, client, client_port, method, scheme, host, port,"
     " path, url, status, request_size, response_size, content_type, duration_ms,"
-    " error, kind, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " error, kind, has_response, request_type, response_type, plain)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_RECORD = "INSERT INTO flow_records (id, record) VALUES (?, ?)"
+
+# A session's flows with their summary columns: the FROM and WHERE every
+# listing, filter and statistic starts from.
+_SESSION_FLOWS = "FROM session_flows sf JOIN flows f ON f.id = sf.flow_id WHERE sf.session_id = ?"
+
+_STATUS_CLASS = (
+    "CASE WHEN f.status BETWEEN 100 AND 599 THEN (f.status / 100) || 'xx'"
+    " WHEN f.status != 0 THEN 'other'"
+    " WHEN f.error != '' THEN 'error'"
+    " ELSE 'none' END"
+)
+# Statistics groups: the key each is counted by.  Host names and media
+# types are case-insensitive, so they are grouped lower-cased.
+_STAT_GROUPS = {
+    "by_method": "f.method",
+    "by_host": "lower(f.host)",
+    "by_status_class": _STATUS_CLASS,
+    "by_content_type": "lower(f.content_type)",
+    "by_client": "f.client",
+}
 
 
 class StoreError(Exception):
@@ -158,6 +263,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA temp_store=MEMORY")
+            for name, (arity, function) in query.SQL_FUNCTIONS.items():
+                self._db.create_function(name, arity, function, deterministic=True)
+            self._max_params = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._migrate()
             self._db.execute("CREATE TEMP TABLE IF NOT EXISTS gone (flow_id INTEGER PRIMARY KEY)")
         except BaseException:
@@ -277,6 +385,7 @@ class Store:
             row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'flows'").fetchone()
             next_id = row[0] if row else 0
             flow_rows: list[tuple[Any, ...]] = []
+            records: list[tuple[int, bytes]] = []
             links: list[tuple[int, float, int]] = []
             counts: Counter[int] = Counter()
             for item in batch:
@@ -295,7 +404,7 @@ class Store:
                 try:
                     targets = _link_targets(session_ids, existing)
                     flow = Flow.from_wire(wire)
-                    flow_row = _flow_row(flow)
+                    flow_row, record = _flow_row(flow)
                 except Exception:
                     rejected += 1
                     continue
@@ -303,11 +412,13 @@ class Store:
                     continue
                 next_id += 1
                 flow_rows.append((next_id, *flow_row))
+                records.append((next_id, record))
                 for session_id in targets:
                     links.append((session_id, flow.start, next_id))
                     counts[session_id] += 1
             if flow_rows:
                 db.executemany(_INSERT_FLOW, flow_rows)
+                db.executemany(_INSERT_RECORD, records)
                 db.executemany(
                     "INSERT INTO session_flows (session_id, time, flow_id) VALUES (?, ?, ?)", links
                 )
@@ -334,50 +445,108 @@ class Store:
         session_id: int,
         limit: int = 100,
         offset: int = 0,
+        filter: str | filters.Filter = "",
+        sort: str = "time",
+        order: str = "asc",
         predicate: Callable[[Flow], bool] | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """A page of a session's flow summaries, oldest first, and the total.
+        """A page of a session's flow summaries and the number that match.
 
-        Without a predicate the summaries come from the columns alone; with
-        one, every flow of the session is decoded and tested, and the total
-        counts the matches.
+        ``filter`` is an expression in the filter language (or a parsed
+        one); ``sort`` is one of time, status, duration, size (of the
+        response) or request_size, ties broken by time then id; ``order`` asc
+        or desc.  ``predicate`` is an extra test on the decoded flow.
+
+        What the filter can say in SQL is answered there, pages and total
+        included.  Otherwise the candidates SQL selects are read in order,
+        decoded and tested, and the page cut here.
         """
         if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
             raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
-        if type(offset) is not int or offset < 0:
+        if type(offset) is not int or not 0 <= offset <= _INT64[1]:
             raise Invalid("offset must be a non-negative integer")
-        total = self._session_row(self._db, session_id)[11]
-        if predicate is None:
+        try:
+            ordering = query.order_by(sort, order)
+        except query.QueryError as e:
+            raise Invalid(str(e)) from None
+        plan = self._plan(filter)
+        flow_count = self._session_row(self._db, session_id)[11]
+        residual = _combine(plan.residual, predicate)
+        where = _SESSION_FLOWS if plan.where == "1" else f"{_SESSION_FLOWS} AND {plan.where}"
+        params = (session_id, *plan.params)
+        if residual is None:
             rows = self._db.execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM session_flows sf JOIN flows f ON f.id = sf.flow_id"
-                " WHERE sf.session_id = ? ORDER BY sf.time, sf.flow_id LIMIT ? OFFSET ?",
-                (session_id, limit, offset),
-            )
-            return [_summary_from_row(row) for row in rows], total
-        page: list[dict[str, Any]] = []
+                f"SELECT {_SUMMARY_COLUMNS} {where} ORDER BY {ordering} LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            ).fetchall()
+            page = [_summary_from_row(row) for row in rows]
+            if plan.where == "1":
+                total = flow_count
+            elif 0 < len(rows) < limit or (not rows and offset == 0):
+                total = offset + len(rows)  # the page reached the end
+            else:
+                total = self._db.execute(f"SELECT count(*) {where}", params).fetchone()[0]
+            return page, total
+        page = []
         total = 0
-        for flow_id, flow in self.iter_flows(session_id):
-            if not predicate(flow):
+        for flow_id, flow in self._candidates(f"SELECT f.id {where} ORDER BY {ordering}", params):
+            if not residual(flow):
                 continue
             if offset <= total < offset + limit:
                 page.append({"id": flow_id, **flow.summary()})
             total += 1
         return page, total
 
-    def iter_flows(self, session_id: int) -> Iterator[tuple[int, Flow]]:
-        """Each ``(flow_id, Flow)`` of a session, oldest first (for filters and exports).
+    def iter_flows(
+        self, session_id: int, filter: str | filters.Filter = ""
+    ) -> Iterator[tuple[int, Flow]]:
+        """Each ``(flow_id, Flow)`` of a session that ``filter`` selects, oldest first.
 
-        Reads in chunks keyed on the last row seen, so writes may come
-        between chunks without a cursor held open.
+        For exports: the filter is pushed down as for :meth:`list_flows`, and
+        checked (Invalid for a bad one) before this returns.  Reads in chunks
+        keyed on the last row seen, so writes may come between chunks without
+        a cursor held open.
         """
+        plan = self._plan(filter)
         self._session_row(self._db, session_id)
-        return self._scan(session_id)
+        return self._scan(session_id, plan)
+
+    def stats(self, session_id: int) -> dict[str, Any]:
+        """Counts and sizes of a session's flows, overall and by method, host,
+        status class, content type and client (each largest count first)."""
+        self._session_row(self._db, session_id)
+        count, request_bytes, response_bytes, first, last, duration = self._db.execute(
+            "SELECT count(*), total(f.request_size), total(f.response_size), min(sf.time),"
+            f" max(sf.time), total(f.duration_ms) {_SESSION_FLOWS}",
+            (session_id,),
+        ).fetchone()
+        result: dict[str, Any] = {
+            "session_id": session_id,
+            "flows": count,
+            "request_bytes": int(request_bytes),
+            "response_bytes": int(response_bytes),
+            "first": None if first is None else iso_time(first),
+            "last": None if last is None else iso_time(last),
+            "duration_ms": round(duration, 3),
+            "span_ms": None if first is None else round((last - first) * 1000.0, 3),
+        }
+        for name, key in _STAT_GROUPS.items():
+            rows = self._db.execute(
+                f"SELECT {key} AS key, count(*) AS n, total(f.request_size), total(f.response_size)"
+                f" {_SESSION_FLOWS} GROUP BY key ORDER BY n DESC, key",
+                (session_id,),
+            )
+            result[name] = [
+                {"key": key, "count": n, "request_bytes": int(sent), "response_bytes": int(received)}
+                for key, n, sent, received in rows
+            ]
+        return result
 
     def get_flow(self, flow_id: int) -> dict[str, Any]:
         """The full flow, with the sessions it belongs to."""
         if type(flow_id) is not int:
             raise Invalid("flow id must be an integer")
-        row = self._db.execute("SELECT record FROM flows WHERE id = ?", (flow_id,)).fetchone()
+        row = self._db.execute("SELECT record FROM flow_records WHERE id = ?", (flow_id,)).fetchone()
         if row is None:
             raise NotFound(f"no flow {flow_id}")
         session_ids = [
@@ -387,6 +556,15 @@ class Store:
             )
         ]
         return {"id": flow_id, "session_ids": session_ids, **_decode(row[0]).detail()}
+
+    def load_flow(self, flow_id: int) -> Flow:
+        """The stored Flow itself (for copy as curl and the like)."""
+        if type(flow_id) is not int:
+            raise Invalid("flow id must be an integer")
+        row = self._db.execute("SELECT record FROM flow_records WHERE id = ?", (flow_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no flow {flow_id}")
+        return _decode(row[0])
 
     # internals ------------------------------------------------------------
 
@@ -423,7 +601,11 @@ class Store:
                 db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
                 db.execute("INSERT INTO schema_version (version) VALUES (0)")
             for step in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[step]:
+                migration = _MIGRATIONS[step]
+                if callable(migration):
+                    migration(db)
+                    continue
+                for statement in migration:
                     db.execute(statement)
             if version != SCHEMA_VERSION:
                 db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
@@ -463,25 +645,71 @@ class Store:
         )
         db.execute("DELETE FROM session_flows WHERE session_id = ?", (session_id,))
         db.execute(
-            "DELETE FROM flows WHERE id IN (SELECT flow_id FROM temp.gone)"
-            " AND NOT EXISTS (SELECT 1 FROM session_flows sf WHERE sf.flow_id = flows.id)"
+            "DELETE FROM temp.gone"
+            " WHERE EXISTS (SELECT 1 FROM session_flows sf WHERE sf.flow_id = temp.gone.flow_id)"
         )
+        db.execute("DELETE FROM flows WHERE id IN (SELECT flow_id FROM temp.gone)")
+        db.execute("DELETE FROM flow_records WHERE id IN (SELECT flow_id FROM temp.gone)")
         db.execute("DELETE FROM temp.gone")
 
-    def _scan(self, session_id: int) -> Iterator[tuple[int, Flow]]:
+    def _plan(self, expression: str | filters.Filter) -> query.Query:
+        """The filter split into SQL and residual; Invalid naming the position for a bad one."""
+        if isinstance(expression, filters.Filter):
+            tree = expression
+        elif isinstance(expression, str):
+            try:
+                tree = filters.parse(expression)
+            except filters.FilterError as e:
+                raise Invalid(f"bad filter: {e}") from None
+        else:
+            raise Invalid("filter must be a string")
+        # Leave room for the statement's own parameters (session, paging).
+        return query.translate(tree, self._max_params - 8)
+
+    def _candidates(self, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[int, Flow]]:
+        """Decode the flows whose ids ``sql`` selects, in its order, a chunk at a time.
+
+        The sort (if any) handles ids only; records are fetched per chunk,
+        so neither the sorter nor memory holds bodies.
+        """
+        cursor = self._db.execute(sql, params)
+        while chunk := [flow_id for (flow_id,) in cursor.fetchmany(_SCAN_CHUNK)]:
+            marks = ", ".join("?" * len(chunk))
+            records = dict(
+                self._db.execute(f"SELECT id, record FROM flow_records WHERE id IN ({marks})", chunk)
+            )
+            for flow_id in chunk:
+                yield flow_id, _decode(records[flow_id])
+
+    def _scan(self, session_id: int, plan: query.Query) -> Iterator[tuple[int, Flow]]:
+        where = "" if plan.where == "1" else f" AND {plan.where}"
+        residual = plan.residual
         last_time, last_id = -math.inf, -1
         while True:
             rows = self._db.execute(
-                "SELECT sf.time, f.id, f.record FROM session_flows sf JOIN flows f ON f.id = sf.flow_id"
-                " WHERE sf.session_id = ? AND (sf.time, sf.flow_id) > (?, ?)"
+                "SELECT sf.time, f.id, r.record FROM session_flows sf"
+                " JOIN flows f ON f.id = sf.flow_id JOIN flow_records r ON r.id = sf.flow_id"
+                f" WHERE sf.session_id = ? AND (sf.time, sf.flow_id) > (?, ?){where}"
                 " ORDER BY sf.time, sf.flow_id LIMIT ?",
-                (session_id, last_time, last_id, _SCAN_CHUNK),
+                (session_id, last_time, last_id, *plan.params, _SCAN_CHUNK),
             ).fetchall()
             for _, flow_id, record in rows:
-                yield flow_id, _decode(record)
+                flow = _decode(record)
+                if residual is None or residual(flow):
+                    yield flow_id, flow
             if len(rows) < _SCAN_CHUNK:
                 return
             last_time, last_id = rows[-1][0], rows[-1][1]
+
+
+def _combine(
+    residual: filters.Filter | None, predicate: Callable[[Flow], bool] | None
+) -> Callable[[Flow], bool] | None:
+    if predicate is None:
+        return residual
+    if residual is None:
+        return predicate
+    return lambda flow: residual(flow) and predicate(flow)
 
 
 def _prepare_file(path: str) -> None:
@@ -588,8 +816,8 @@ def _link_targets(session_ids: object, existing: set[int]) -> list[int]:
     return targets
 
 
-def _flow_row(flow: Flow) -> tuple[Any, ...]:
-    """The summary columns and blob; ValueError for what SQLite or the API could not hold."""
+def _flow_row(flow: Flow) -> tuple[tuple[Any, ...], bytes]:
+    """The summary columns, and the record; ValueError for what SQLite or the API could not hold."""
     for moment in (flow.start, flow.request_done, flow.response_start, flow.end):
         if moment is not None and not (
             math.isfinite(moment) and _TIME_RANGE[0] < moment < _TIME_RANGE[1]
@@ -600,7 +828,7 @@ def _flow_row(flow: Flow) -> tuple[Any, ...]:
         if not _INT64[0] <= number <= _INT64[1]:
             raise ValueError("flow number out of range")
     record = msgpack.packb(flow.to_wire(), use_bin_type=True)
-    return (
+    columns = (
         flow.start,
         flow.client,
         flow.client_port,
@@ -617,8 +845,19 @@ def _flow_row(flow: Flow) -> tuple[Any, ...]:
         flow.duration_ms,
         flow.error,
         flow.kind,
-        record,
+        *_v2_columns(flow),
     )
+    return columns, record
+
+
+def _v2_columns(flow: Flow) -> tuple[int, str | None, str | None, int]:
+    """has_response, request_type, response_type, plain: see :func:`_migrate_v2`."""
+    response = flow.response
+    request_type = flow.request.header("content-type")
+    response_type = None if response is None else response.header("content-type")
+    searched = (flow.method, flow.url, flow.host, flow.client, request_type, response_type)
+    plain = all(text is None or (text.isascii() and text.isprintable()) for text in searched)
+    return int(response is not None), request_type, response_type, int(plain)
 
 
 def _summary_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
