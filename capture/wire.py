@@ -9,10 +9,12 @@ Message types (``t``), proxy -> session manager:
     hello   {instance, pid}              first message on a connection
     flows   {instance, items}            items: [[seq, [session ids], flow], ...]
     call    {id, method, args}           a request/reply call for the admin API
+    subscribe / unsubscribe {session}    live events of a session wanted or not
 Session manager -> proxy:
     welcome {pid, last_seq}              last_seq: highest stored seq for instance
     ack     {instance, seq}              every seq <= this one is stored
     rules   {sessions}                   the capturing sessions, pushed on change
+    chunk   {id, data}                   part of a streamed answer (exports), before its reply
     reply   {id, result} | {id, error: {status, message}}
     event   {session, event, data}       live events (new flows, state changes)
 """

@@ -188,14 +188,16 @@ def test_flows_before_hello_abort(manager: SessionManager, store: Store) -> None
     assert store.last_seq(INSTANCE) == 0
 
 
-def test_flows_for_another_instance_abort(manager: SessionManager, store: Store) -> None:
-    """flows naming an instance other than the one that said hello abort the connection."""
+def test_flows_of_an_earlier_instance_are_stored_and_acked_for_it(manager: SessionManager, store: Store) -> None:
+    """A proxy replaying its spill file sends an earlier instance's flows: stored and acked under that instance."""
     session = store.create_session("s")
     peer = Peer(manager)
     peer.hello()
-    peer.send("flows", instance="someone-else", items=items([session["id"]], range(1, 2)))
-    assert peer.transport.disconnected is True
-    assert store.list_flows(session["id"])[1] == 0
+    peer.send("flows", instance="earlier-run", items=items([session["id"]], range(1, 3)))
+    assert peer.transport.disconnected is False
+    assert peer.received()[-1] == {"t": "ack", "v": 1, "instance": "earlier-run", "seq": 2}
+    assert store.list_flows(session["id"])[1] == 2
+    assert store.last_seq("earlier-run") == 2 and store.last_seq(INSTANCE) == 0
 
 
 def test_flows_with_bad_items_abort(manager: SessionManager) -> None:
@@ -422,7 +424,7 @@ def test_end_to_end_flows_stored_once(manager: SessionManager, store: Store) -> 
         shipper.submit(flow, matching_sessions(candidates, flow))
     pump.flush()
     assert shipper.pending == 0
-    assert shipper.shipped == 5
+    assert shipper.queue.shipped == 5
     flows, total = store.list_flows(session["id"])
     assert total == 4
     assert [f["path"] for f in flows] == ["/item/1", "/item/2", "/item/4", "/item/5"]

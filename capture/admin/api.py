@@ -17,10 +17,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from capture import __version__
+from capture.admin.events import EventStream
 from capture.shipper import CallFailed, Shipper, Unavailable
 
 MAX_BODY = 64 * 1024
+STATUS_TIMEOUT = 2.0
 _SESSION_FIELDS = {"name", "clients", "filter", "capture_responses", "cookies"}
 
 
@@ -41,6 +42,7 @@ class AdminApi(resource.Resource):
         super().__init__()
         self._shipper = shipper
         self._proxy = proxy
+        self._reactor = proxy.reactor
         self._token = token.encode("ascii")
         self._status = status
         S, F = r"/api/sessions/(\d{1,15})", r"/api/flows/(\d{1,15})"
@@ -52,14 +54,19 @@ class AdminApi(resource.Resource):
             (b"DELETE", re.compile(S), self._delete_session),
             (b"POST", re.compile(S + r"/(pause|resume|stop|clear)"), self._change_session),
             (b"GET", re.compile(S + r"/flows"), self._list_flows),
+            (b"GET", re.compile(S + r"/stats"), self._stats),
+            (b"GET", re.compile(S + r"/(har|postman)"), self._export),
+            (b"GET", re.compile(S + r"/cookies"), self._cookies),
+            (b"GET", re.compile(S + r"/events"), self._events),
             (b"GET", re.compile(F), self._get_flow),
+            (b"GET", re.compile(F + r"/curl"), self._curl),
             (b"GET", re.compile(r"/api/passthrough"), self._list_passthrough),
             (b"DELETE", re.compile(r"/api/passthrough"), self._reset_passthrough),
         ]
 
     def render(self, request: server.Request) -> Any:
         d = defer.maybeDeferred(self._dispatch, request)
-        d.addCallbacks(lambda result: self._respond(request, *result), lambda f: self._failed(request, f))
+        d.addCallbacks(lambda result: result and self._respond(request, *result), lambda f: self._failed(request, f))
         return server.NOT_DONE_YET
 
     def _dispatch(self, request: server.Request) -> Any:
@@ -82,15 +89,18 @@ class AdminApi(resource.Resource):
         scheme, _, token = header.partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token)
 
-    def _respond(self, request: server.Request, status: int, body: Any) -> None:
+    def _respond(self, request: server.Request, status: int, body: Any, content_type: bytes = b"application/json") -> None:
         if request._disconnected:
             return
         request.setResponseCode(status)
         if status == 204:
             request.finish()
             return
-        request.setHeader(b"Content-Type", b"application/json")
-        request.write(json.dumps(body, indent=1).encode("utf-8") + b"\n")
+        request.setHeader(b"Content-Type", content_type)
+        if isinstance(body, str):
+            request.write(body.encode("utf-8"))
+        else:
+            request.write(json.dumps(body, indent=1).encode("utf-8") + b"\n")
         request.finish()
 
     def _failed(self, request: server.Request, failure: Failure) -> None:
@@ -110,13 +120,17 @@ class AdminApi(resource.Resource):
     # -- routes -------------------------------------------------------------------
 
     async def _get_status(self, request: server.Request) -> tuple[int, Any]:
+        """Status answers even when the session manager does not (frozen, overloaded)."""
         status = self._status()
+        manager_status = status["session_manager"]
+        manager_status["responding"] = False
         if self._shipper.connected:
             try:
-                manager = await self._shipper.call("status")
-                status["session_manager"]["sessions"] = manager["sessions"]
-            except (Unavailable, CallFailed):
+                manager = await self._shipper.call("status").addTimeout(STATUS_TIMEOUT, self._reactor)
+            except (Unavailable, CallFailed, defer.TimeoutError):
                 pass
+            else:
+                manager_status.update(responding=True, sessions=manager["sessions"])
         return 200, status
 
     async def _list_sessions(self, request: server.Request) -> tuple[int, Any]:
@@ -146,8 +160,57 @@ class AdminApi(resource.Resource):
             "limit": _int_arg(request, "limit", 100),
             "offset": _int_arg(request, "offset", 0),
             "filter": _str_arg(request, "filter"),
+            "sort": _str_arg(request, "sort") or "time",
+            "order": _str_arg(request, "order") or "asc",
         }
         return 200, await self._shipper.call("flows.list", **args)
+
+    async def _stats(self, request: server.Request, session_id: str) -> tuple[int, Any]:
+        return 200, await self._shipper.call("sessions.stats", session_id=int(session_id))
+
+    async def _export(self, request: server.Request, session_id: str, kind: str) -> None:
+        """Stream an export as the session manager produces it, never holding all of it here."""
+        started = False
+
+        def write(data: bytes) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                request.setHeader(b"Content-Type", b"application/json")
+                filename = f"capture-session-{session_id}.{'har' if kind == 'har' else 'postman_collection.json'}"
+                request.setHeader(b"Content-Disposition", f'attachment; filename="{filename}"'.encode())
+            if not request._disconnected:
+                request.write(data)
+
+        try:
+            await self._shipper.call(f"export.{kind}", on_chunk=write, session_id=int(session_id),
+                                     filter=_str_arg(request, "filter"))
+        except Exception:
+            if not started:
+                raise
+            request.channel.transport.abortConnection()  # a cut-off export must not look complete
+            return None
+        if not request._disconnected:
+            request.finish()
+        return None
+
+    async def _cookies(self, request: server.Request, session_id: str) -> tuple[int, Any, bytes] | tuple[int, Any]:
+        form = _str_arg(request, "format") or "json"
+        if form not in ("json", "netscape"):
+            raise ApiError(400, "format must be json or netscape")
+        result = await self._shipper.call("export.cookies", session_id=int(session_id), format=form)
+        if form == "netscape":
+            return 200, result, b"text/plain; charset=utf-8"
+        return 200, result
+
+    async def _events(self, request: server.Request, session_id: str) -> None:
+        await self._shipper.call("sessions.get", session_id=int(session_id))  # 404 for an unknown session
+        EventStream(request, self._shipper, int(session_id), self._reactor)
+        return None
+
+    async def _curl(self, request: server.Request, flow_id: str) -> tuple[int, Any, bytes]:
+        command = await self._shipper.call("flows.curl", flow_id=int(flow_id))
+        return 200, command + "\n", b"text/plain; charset=utf-8"
 
     async def _get_flow(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
         return 200, await self._shipper.call("flows.get", flow_id=int(flow_id))

@@ -8,12 +8,15 @@ session change pushes fresh rules to every connected proxy.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import cooperate
 from twisted.logger import Logger
 
 from capture import filters, wire
+from capture.sessiond.exports import Exports
 from capture.sessiond.store import Invalid, Store, StoreError
 
 # Calls that change which sessions capture, so the rules must be pushed again.
@@ -29,6 +32,7 @@ class SessionManager:
         self.store = store
         self.pid = pid
         self.proxies: set[SessionProtocol] = set()
+        exports = Exports(store)
         self._calls: dict[str, Callable[..., Any]] = {
             "status": self._status,
             "sessions.list": lambda: {"sessions": store.list_sessions()},
@@ -40,7 +44,12 @@ class SessionManager:
             "sessions.clear": store.clear,
             "sessions.delete": store.delete,
             "flows.list": self._list_flows,
+            "sessions.stats": store.stats,
             "flows.get": store.get_flow,
+            "flows.curl": exports.curl,
+            "export.har": exports.har,
+            "export.postman": exports.postman,
+            "export.cookies": exports.cookies,
         }
 
     def rules_message(self) -> bytes:
@@ -59,7 +68,18 @@ class SessionManager:
             return None, {"status": 400, "message": f"bad arguments for {method}: {e}"}
         if method in _RULE_CHANGES:
             self.broadcast(self.rules_message())
+            session_id = args.get("session_id", result.get("id") if isinstance(result, dict) else None)
+            if session_id is not None:
+                self.publish(int(session_id), "state", result if isinstance(result, dict) else {"id": session_id, "state": "deleted"})
         return result, None
+
+    def publish(self, session_id: int, event: str, data: Any) -> None:
+        """Send a live event to the proxies whose admin clients follow this session."""
+        message = None
+        for proxy in self.proxies:
+            if session_id in proxy.subscriptions:
+                message = message or wire.encode("event", session=session_id, event=event, data=data)
+                proxy.transport.write(message)
 
     def broadcast(self, data: bytes) -> None:
         for proxy in self.proxies:
@@ -72,9 +92,18 @@ class SessionManager:
         _check_filter(fields.get("filter") or "")
         return self.store.create_session(**fields)
 
-    def _list_flows(self, session_id: int, limit: int = 100, offset: int = 0, filter: str = "") -> dict[str, Any]:
-        predicate = _check_filter(filter) if filter else None
-        flows, total = self.store.list_flows(session_id, limit=limit, offset=offset, predicate=predicate)
+    def _list_flows(
+        self,
+        session_id: int,
+        limit: int = 100,
+        offset: int = 0,
+        filter: str = "",
+        sort: str = "time",
+        order: str = "asc",
+    ) -> dict[str, Any]:
+        flows, total = self.store.list_flows(
+            session_id, limit=limit, offset=offset, filter=filter, sort=sort, order=order
+        )
         return {"flows": flows, "total": total}
 
 
@@ -96,6 +125,7 @@ class SessionProtocol(Protocol):
         self.manager = manager
         self._decoder = wire.Decoder()
         self._instance: str | None = None
+        self.subscriptions: set[int] = set()
 
     def connectionMade(self) -> None:
         self.manager.proxies.add(self)
@@ -119,19 +149,27 @@ class SessionProtocol(Protocol):
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["t"]
         if kind == "flows":
-            if message["instance"] != self._instance:
-                raise wire.WireError("flows before hello, or for another instance")
-            last = self.manager.store.ingest(self._instance, [tuple(item) for item in message["items"]])
-            self.transport.write(wire.encode("ack", instance=self._instance, seq=last))
+            if self._instance is None:
+                raise wire.WireError("flows before hello")
+            # A proxy may replay an earlier instance's flows from its spill file.
+            instance = str(message["instance"])
+            last = self.manager.store.ingest(instance, [tuple(item) for item in message["items"]])
+            self.transport.write(wire.encode("ack", instance=instance, seq=last))
         elif kind == "call":
             args = message.get("args") or {}
             if not isinstance(args, dict):
                 raise wire.WireError("call arguments must be a map")
             result, error = self.manager.call(str(message["method"]), args)
-            if error is None:
-                self.transport.write(wire.encode("reply", id=message["id"], result=result))
-            else:
+            if error is not None:
                 self.transport.write(wire.encode("reply", id=message["id"], error=error))
+            elif isinstance(result, Iterator):
+                self._stream(message["id"], result)
+            else:
+                self.transport.write(wire.encode("reply", id=message["id"], result=result))
+        elif kind == "subscribe":
+            self.subscriptions.add(int(message["session"]))
+        elif kind == "unsubscribe":
+            self.subscriptions.discard(int(message["session"]))
         elif kind == "hello":
             self._instance = str(message["instance"])
             last = self.manager.store.last_seq(self._instance)
@@ -139,6 +177,28 @@ class SessionProtocol(Protocol):
             self.transport.write(self.manager.rules_message())
         else:
             raise wire.WireError(f"unknown message type {kind!r}")
+
+
+    def _stream(self, call_id: Any, chunks: Iterator[bytes]) -> None:
+        """Send a long answer in chunks, a few at a time, so ingest keeps its turn."""
+
+        def send() -> Iterator[None]:
+            try:
+                for data in chunks:
+                    if not self.connected:
+                        return
+                    self.transport.write(wire.encode("chunk", id=call_id, data=data))
+                    yield None
+            except StoreError as e:
+                self.transport.write(wire.encode("reply", id=call_id, error={"status": e.status, "message": str(e)}))
+                return
+            except Exception:
+                self.log.failure("streamed call failed")
+                self.transport.write(wire.encode("reply", id=call_id, error={"status": 500, "message": "export failed; see the log"}))
+                return
+            self.transport.write(wire.encode("reply", id=call_id, result=None))
+
+        cooperate(send())
 
 
 class SessionFactory(Factory):
