@@ -78,6 +78,7 @@ class LimitSettings:
     body_timeout: float
     max_connections: int
     connect_timeout: float
+    shutdown_grace: float
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,7 @@ SCHEMA: dict[str, dict[str, tuple[Converter, str]]] = {
         "body_timeout": (_seconds, "60"),
         "max_connections": (_integer(1, 1000000), "4096"),
         "connect_timeout": (_seconds, "10"),
+        "shutdown_grace": (_seconds, "10"),
     },
     "capture": {
         "buffer_memory": (_integer(0), "67108864"),

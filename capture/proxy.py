@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 import httptools
+from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,6 +31,7 @@ from capture.tls import UpstreamTLS
 from capture.tunnel import Sniffer, TunnelTarget, describe_client_tls_failure, host_matches, tunnel_flow
 from capture.upstream import UpstreamPool, UpstreamProtocol, Via, describe_connect_error
 
+REDACTED = b"[redacted]"
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "0.0.0.0", "::", socket.gethostname().lower()}
 
 
@@ -64,9 +66,12 @@ class ProxyFactory(Factory):
         self.own_ports: set[int] = set()
         self.proxy_port = 0  # the proxy listener's port, for onboarding pages
         self.limits = settings.limits
+        self._redact = frozenset(name.encode("ascii") for name in settings.capture.redact)
         self.refused = 0  # clients outside [proxy] allow
         self.connections = 0
         self.over_limit = 0  # connections closed at once because max_connections were open
+        self.clients: set[ProxyProtocol] = set()
+        self.draining = False
         # (client address, host) pairs tunnelled untouched after the client rejected our certificate.
         self.auto_passthrough: dict[tuple[str, str], float] = {}
         self._allowed: dict[str, bool] = {}
@@ -89,6 +94,13 @@ class ProxyFactory(Factory):
             if len(self._allowed) < 65536:
                 self._allowed[client] = verdict
         return verdict
+
+    def redact(self, headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+        """Headers as stored: values of [capture] redact names masked, so secrets never reach the store."""
+        names = self._redact
+        if not names:
+            return tuple(headers)
+        return tuple((n, REDACTED) if n.lower() in names else (n, v) for n, v in headers)
 
     def passes_through(self, client: str, name: str, host: str) -> bool:
         """Should this TLS tunnel be relayed untouched instead of intercepted?"""
@@ -122,6 +134,26 @@ class ProxyFactory(Factory):
         if candidates:
             self.record(candidates, tunnel_flow(proxy, name, target.port, proxy.start, self.reactor.seconds(),
                                                 0, 0, message, "https"))
+
+    def drain(self, grace: float) -> defer.Deferred:
+        """Stop: close idle client connections now, busy ones after their exchange, all within ``grace``."""
+        self.draining = True
+        for client in list(self.clients):
+            client.close_when_idle()
+        d: defer.Deferred = defer.Deferred()
+
+        def check(deadline: float) -> None:
+            if not self.clients:
+                d.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                for client in list(self.clients):
+                    client.transport.abortConnection()
+                d.callback(None)
+            else:
+                self.reactor.callLater(0.05, check, deadline)
+
+        check(self.reactor.seconds() + grace)
+        return d
 
     def is_self(self, host: str, port: int) -> bool:
         """Would this target loop back into one of our own listeners?"""
@@ -206,6 +238,7 @@ class ProxyProtocol(Protocol):
                 self.transport.abortConnection()
                 return
             factory.connections += 1
+            factory.clients.add(self)
             self._counted = True
         if self.tunnel is None and not factory.allowed(self.client):
             self.factory.refused += 1
@@ -253,6 +286,7 @@ class ProxyProtocol(Protocol):
         if self._counted:
             self._counted = False
             self.factory.connections -= 1
+            self.factory.clients.discard(self)
         for timer in (self._idle, self.handshake_timer, self._head_timer, self._body_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -263,6 +297,12 @@ class ProxyProtocol(Protocol):
         exchanges, self._exchanges = self._exchanges, deque()
         for exchange in exchanges:
             exchange.client_lost()
+
+    def close_when_idle(self) -> None:
+        """Shutting down: close now if nothing is under way, else after the exchange."""
+        if self._relay is None and not self._exchanges and not self.closing:
+            self.closing = True
+            self.transport.loseConnection()
 
     # -- tunnels ------------------------------------------------------------------
 
@@ -405,7 +445,7 @@ class ProxyProtocol(Protocol):
     def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None:
         if self._exchanges and self._exchanges[0] is exchange:
             self._exchanges.popleft()
-        if not keep_alive:
+        if not keep_alive or (self.factory.draining and not self._exchanges):
             self.closing = True
             self._exchanges.clear()
             self.transport.loseConnection()
@@ -754,7 +794,7 @@ class Exchange:
         if self.response_started and not local_status:
             captured = self._response_body
             response = Message(
-                headers=tuple(self._response_headers) + tuple(self._response_trailers),
+                headers=self.proxy.factory.redact(self._response_headers + self._response_trailers),
                 body=bytes(captured) if captured is not None else b"",
                 size=self._response_size,
                 truncated=captured is None or self._response_size > len(captured),
@@ -770,7 +810,7 @@ class Exchange:
             path=self.target.path,
             http_version=self.version.decode("ascii"),
             request=Message(
-                headers=tuple(self.headers) + tuple(self._request_trailers),
+                headers=self.proxy.factory.redact(self.headers + self._request_trailers),
                 body=bytes(request_body),
                 size=self._request_size,
                 truncated=self._request_size > len(request_body),

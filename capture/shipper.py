@@ -1,30 +1,28 @@
 """The proxy's side of the UNIX socket: ship flows, make calls, take rules.
 
-Captured flows wait here, numbered, until the session manager acknowledges
-them; after a reconnect everything unacknowledged is sent again and the
-store skips sequence numbers it already has, so each flow is kept exactly
-once.  Traffic never waits on this: ``submit`` only appends to a bounded
-queue, and the oldest unshipped flows are dropped (and counted) when the
-queue is full.
+Captured flows wait in a DeliveryQueue, numbered, until the session manager
+acknowledges them; after a reconnect everything unacknowledged is sent again
+and the store skips sequence numbers it already has, so each flow is kept
+exactly once.  Traffic never waits on this: ``submit`` only appends to a
+bounded queue that spills to disk and, past that, drops the oldest (counted).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from capture import wire
+from capture.delivery import DeliveryQueue, SpillFile
 from capture.flow import Flow
 from capture.rules import RuleSet
 
 BATCH_ITEMS = 256
-WINDOW_BYTES = 16 * 1024 * 1024
 CALL_TIMEOUT = 15.0
 
 
@@ -41,38 +39,22 @@ class CallFailed(Exception):
         self.message = message
 
 
-class _Pending:
-    __slots__ = ("seq", "sessions", "flow", "size")
-
-    def __init__(self, seq: int, sessions: list[int], flow: Flow) -> None:
-        self.seq = seq
-        self.sessions = sessions
-        self.flow = flow
-        response = flow.response
-        self.size = 1024 + len(flow.request.body) + (len(response.body) if response else 0)
-
-
 class Shipper:
-    """Queue, acknowledgements, resend, calls and rules: one per proxy process."""
+    """Delivery queue, acknowledgements, resend, calls, rules and events: one per proxy process."""
 
     log = Logger()
 
-    def __init__(self, reactor: Any, max_pending_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, reactor: Any, memory_limit: int = 64 * 1024 * 1024, spill: SpillFile | None = None,
+                 spill_limit: int = 0) -> None:
         self._reactor = reactor
         self.instance = uuid.uuid4().hex
-        self.max_pending_bytes = max_pending_bytes
+        self.queue = DeliveryQueue(self.instance, memory_limit, spill, spill_limit)
         self.rules = RuleSet()
         self.session_manager_pid: int | None = None
-        self.dropped = 0
-        self.shipped = 0
-        self._next_seq = 1
-        self._unsent: deque[_Pending] = deque()
-        self._unacked: deque[_Pending] = deque()
-        self._pending_bytes = 0
-        self._inflight_bytes = 0
         self._protocol: ShipperProtocol | None = None
         self._flush_call: Any = None
-        self._calls: dict[int, tuple[defer.Deferred, Any]] = {}
+        self._calls: dict[int, tuple[defer.Deferred, Any, Any]] = {}
+        self._listeners: dict[int, set[Callable[[str, Any], None]]] = {}
         self._next_call = 1
         self._drained: list[defer.Deferred] = []
 
@@ -84,31 +66,55 @@ class Shipper:
 
     @property
     def pending(self) -> int:
-        return len(self._unsent) + len(self._unacked)
+        return self.queue.pending
+
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
 
     def submit(self, flow: Flow, sessions: list[int]) -> None:
         """Queue a finished flow for the given sessions; never blocks."""
-        item = _Pending(self._next_seq, sessions, flow)
-        self._next_seq += 1
-        self._unsent.append(item)
-        self._pending_bytes += item.size
-        while self._pending_bytes > self.max_pending_bytes and self._unsent:
-            dropped = self._unsent.popleft()
-            self._pending_bytes -= dropped.size
-            self.dropped += 1
+        self.queue.add(flow, sessions)
         self._schedule_flush()
 
-    def call(self, method: str, **args: Any) -> defer.Deferred:
-        """Ask the session manager; fires with the result or fails with Unavailable/CallFailed."""
+    def call(self, method: str, on_chunk: Callable[[bytes], None] | None = None, **args: Any) -> defer.Deferred:
+        """Ask the session manager; fires with the result or fails with Unavailable/CallFailed.
+
+        A streamed answer (an export) arrives as chunks passed to ``on_chunk``
+        before the final reply; the timeout restarts with every chunk.
+        """
         if not self.connected:
             return defer.fail(Unavailable("session manager is not connected"))
         call_id = self._next_call
         self._next_call += 1
-        d: defer.Deferred = defer.Deferred()
+
+        def cancel(d: defer.Deferred) -> None:
+            entry = self._calls.pop(call_id, None)
+            if entry is not None:
+                entry[1].cancel()
+
+        d: defer.Deferred = defer.Deferred(cancel)
         timer = self._reactor.callLater(CALL_TIMEOUT, self._call_timed_out, call_id)
-        self._calls[call_id] = (d, timer)
+        self._calls[call_id] = (d, timer, on_chunk)
         self._protocol.send(wire.encode("call", id=call_id, method=method, args=args))
         return d
+
+    def subscribe(self, session_id: int, listener: Callable[[str, Any], None]) -> None:
+        """Have ``listener(event, data)`` called for the session's live events."""
+        listeners = self._listeners.setdefault(session_id, set())
+        listeners.add(listener)
+        if len(listeners) == 1 and self.connected:
+            self._protocol.send(wire.encode("subscribe", session=session_id))
+
+    def unsubscribe(self, session_id: int, listener: Callable[[str, Any], None]) -> None:
+        listeners = self._listeners.get(session_id)
+        if listeners is None:
+            return
+        listeners.discard(listener)
+        if not listeners:
+            del self._listeners[session_id]
+            if self.connected:
+                self._protocol.send(wire.encode("unsubscribe", session=session_id))
 
     def drained(self, timeout: float) -> defer.Deferred:
         """Fires (with True if empty) once every pending flow is acked, or after ``timeout``."""
@@ -121,12 +127,14 @@ class Shipper:
         return d
 
     def status(self) -> dict[str, Any]:
+        queue = self.queue
         return {
             "connected": self.connected,
             "pid": self.session_manager_pid,
-            "pending": self.pending,
-            "dropped": self.dropped,
-            "shipped": self.shipped,
+            "pending": queue.pending,
+            "spilled": queue.spilled,
+            "dropped": queue.dropped,
+            "shipped": queue.shipped,
         }
 
     # -- connection life ------------------------------------------------------
@@ -140,12 +148,9 @@ class Shipper:
             return
         self._protocol = None
         self.session_manager_pid = None
-        # Everything unacknowledged goes out again on the next connection.
-        self._unsent.extendleft(reversed(self._unacked))
-        self._unacked.clear()
-        self._inflight_bytes = 0
+        self.queue.disconnected()  # everything unacknowledged goes out again on the next connection
         calls, self._calls = self._calls, {}
-        for d, timer in calls.values():
+        for d, timer, _ in calls.values():
             timer.cancel()
             d.errback(Unavailable("session manager connection lost"))
 
@@ -153,53 +158,45 @@ class Shipper:
         """Handle one decoded message; raises wire.WireError for nonsense."""
         kind = message["t"]
         if kind == "ack":
-            self._acked(int(message["seq"]))
+            self.queue.acked(str(message["instance"]), int(message["seq"]))
+            self._notify_drained()
+            self._schedule_flush()
         elif kind == "reply":
             self._replied(message)
+        elif kind == "chunk":
+            self._chunk(int(message["id"]), message["data"])
+        elif kind == "event":
+            for listener in list(self._listeners.get(int(message["session"]), ())):
+                listener(str(message["event"]), message["data"])
         elif kind == "rules":
             self.rules = RuleSet.from_sessions(list(message["sessions"]))
         elif kind == "welcome":
             self.session_manager_pid = int(message["pid"])
-            self._discard_stored(int(message["last_seq"]))
+            self.queue.discard_stored(int(message["last_seq"]))
+            self._notify_drained()
             self._protocol.ready = True
+            for session_id in self._listeners:
+                self._protocol.send(wire.encode("subscribe", session=session_id))
             self._schedule_flush()
-        elif kind != "event":
+        else:
             raise wire.WireError(f"unknown message type {kind!r}")
 
     # -- internals ------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        if self._flush_call is None and self.connected and self._unsent:
+        if self._flush_call is None and self.connected and self.queue.has_work():
             self._flush_call = self._reactor.callLater(0, self._flush)
 
     def _flush(self) -> None:
         """Send queued flows in batches, keeping at most a window in flight."""
         self._flush_call = None
-        protocol = self._protocol
-        while protocol is not None and self._unsent and self._inflight_bytes < WINDOW_BYTES:
-            batch = []
-            while self._unsent and len(batch) < BATCH_ITEMS:
-                item = self._unsent.popleft()
-                self._unacked.append(item)
-                self._inflight_bytes += item.size
-                batch.append([item.seq, item.sessions, item.flow.to_wire()])
-            protocol.send(wire.encode("flows", instance=self.instance, items=batch))
-
-    def _discard_stored(self, last_seq: int) -> None:
-        """Forget flows the store already has (sent before a crash, acked never)."""
-        while self._unsent and self._unsent[0].seq <= last_seq:
-            self._pending_bytes -= self._unsent.popleft().size
-            self.shipped += 1
-        self._notify_drained()
-
-    def _acked(self, seq: int) -> None:
-        while self._unacked and self._unacked[0].seq <= seq:
-            item = self._unacked.popleft()
-            self._pending_bytes -= item.size
-            self._inflight_bytes -= item.size
-            self.shipped += 1
-        self._notify_drained()
-        self._schedule_flush()
+        protocol, queue = self._protocol, self.queue
+        while protocol is not None and queue.has_work() and queue.inflight_bytes < queue.window:
+            batch = queue.next_batch(BATCH_ITEMS)
+            if not batch:
+                break
+            items = [[item.seq, item.sessions, item.wire] for item in batch]
+            protocol.send(wire.encode("flows", instance=batch[0].instance, items=items))
 
     def _notify_drained(self) -> None:
         if not self.pending:
@@ -211,13 +208,20 @@ class Shipper:
         entry = self._calls.pop(int(message["id"]), None)
         if entry is None:
             return
-        d, timer = entry
+        d, timer, _ = entry
         timer.cancel()
         error = message.get("error")
         if error:
             d.errback(CallFailed(int(error["status"]), str(error["message"])))
         else:
             d.callback(message.get("result"))
+
+    def _chunk(self, call_id: int, data: bytes) -> None:
+        entry = self._calls.get(call_id)
+        if entry is None or entry[2] is None:
+            return
+        entry[1].reset(CALL_TIMEOUT)
+        entry[2](data)
 
     def _call_timed_out(self, call_id: int) -> None:
         entry = self._calls.pop(call_id, None)

@@ -29,6 +29,7 @@ from twisted.runner.procmon import ProcessMonitor
 from capture import __version__, config
 from capture.admin import admin_site
 from capture.ca import CAError, CertificateAuthority
+from capture.delivery import SpillFile
 from capture.flow import iso_time
 from capture.proxy import ProxyFactory
 from capture.shipper import Shipper, ShipperFactory
@@ -48,6 +49,23 @@ class Options(usage.Options):
             # One line and a non-zero exit: twistd would print its whole usage text for a UsageError.
             print(f"capture: configuration error in {self['config']}: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+
+
+class OrderedServices(service.MultiService):
+    """Stops its children one after the other, last added first, each waiting for the one before.
+
+    MultiService stops them all at once; we need the proxy to finish its
+    exchanges before the shipper flushes, and the flush before the child stops.
+    """
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                yield defer.maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {service} failed", service=child.name)
 
 
 class SessionManagerMonitor(ProcessMonitor):
@@ -101,7 +119,9 @@ class ShipperService(ClientService):
         if self.shipper.pending:
             flushed = yield self.shipper.drained(FLUSH_TIMEOUT)
             if not flushed:
-                log.warn("{n} captured flows could not be shipped before exit", n=self.shipper.pending)
+                log.warn("{n} captured flows not yet stored; keeping them in the spill file for the next start",
+                         n=self.shipper.pending)
+        self.shipper.queue.persist()
         yield super().stopService()
 
 
@@ -140,7 +160,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if settings.proxy.upstream is not None:
         log.info("chaining to upstream proxy {host}:{port}", host=settings.proxy.upstream.host, port=settings.proxy.upstream.port)
 
-    top = service.MultiService()
+    top = OrderedServices()
 
     monitor = SessionManagerMonitor(reactor)
     monitor.minRestartDelay = 0.5
@@ -152,11 +172,21 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     )
     monitor.setServiceParent(top)
 
-    shipper = Shipper(reactor)
+    capture_settings = settings.capture
+    try:
+        spill = SpillFile(capture_settings.spill_file) if capture_settings.spill_limit > 0 else None
+    except OSError as e:
+        print(f"capture: cannot open the spill file {capture_settings.spill_file}: {e.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if spill is not None and spill.items:
+        log.info("{n} flows from an earlier run wait in {path}; shipping them first",
+                 n=spill.items, path=capture_settings.spill_file)
+    shipper = Shipper(reactor, capture_settings.buffer_memory, spill, capture_settings.spill_limit)
     ShipperService(shipper, UNIXClientEndpoint(reactor, settings.store.socket), reactor).setServiceParent(top)
 
     proxy = ProxyFactory(settings, shipper, reactor, ca=ca)
-    proxy_listener = Listener("proxy", settings.proxy.listen, proxy, reactor)
+    proxy_listener = Listener("proxy", settings.proxy.listen, proxy, reactor,
+                              drain=lambda: proxy.drain(settings.limits.shutdown_grace))
     proxy_listener.setServiceParent(top)
 
     def status() -> dict[str, Any]:
@@ -165,8 +195,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             "listeners": {"proxy": proxy_listener.address, "admin": admin_listener.address},
             "session_manager": {**shipper.status(), "restarts": monitor.restarts},
             "pending_flows": shipper.pending,
+            "spilled_flows": shipper.queue.spilled,
             "dropped_flows": shipper.dropped,
             "refused_clients": proxy.refused,
+            "client_connections": proxy.connections,
+            "connections_over_limit": proxy.over_limit,
             "ca_sha256": ca.sha256,
             "auto_passthrough": [
                 {"client": client, "host": host, "since": iso_time(since)}
@@ -190,8 +223,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 class Listener(service.Service):
     """A listening endpoint that knows its bound address; failing to bind stops start-up."""
 
-    def __init__(self, name: str, description: str, factory: Any, reactor: Any) -> None:
+    def __init__(self, name: str, description: str, factory: Any, reactor: Any, drain: Any = None) -> None:
         self.name = name
+        self.drain = drain
         self.description = description
         self.factory = factory
         self.reactor = reactor
@@ -219,9 +253,11 @@ class Listener(service.Service):
         if self.on_listening is not None and hasattr(host, "port"):
             self.on_listening(host.port)
 
-    def stopService(self) -> Any:
+    @defer.inlineCallbacks
+    def stopService(self):
         super().stopService()
         if self._port is not None:
             port, self._port = self._port, None
-            return port.stopListening()
-        return None
+            yield port.stopListening()
+        if self.drain is not None:
+            yield self.drain()

@@ -209,8 +209,8 @@ class UpstreamPool:
         via: Via | None = None,
         connect_timeout: float = 10.0,
         idle_timeout: float = 60.0,
-        max_idle_per_host: int = 8,
-        max_idle: int = 256,
+        max_idle_per_host: int = 128,
+        max_idle: int = 1024,
     ) -> None:
         self._reactor = reactor
         self.tls = tls or UpstreamTLS()

@@ -54,7 +54,7 @@ def make_proxy(ini: str = "", sessions=({"id": 1, "clients": [], "filter": "", "
 
 
 def queued(shipper: Shipper):
-    return [item.flow for item in shipper._unsent]
+    return [item.flow for item in shipper.queue._unsent]
 
 
 def upstream_reply(pool: FakePool, data: bytes, index: int = -1) -> None:
@@ -222,7 +222,7 @@ def test_session_filter_and_clients_decide_capture():
     proxy, _, pool, shipper, _ = make_proxy(sessions=sessions)
     proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
     upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    assert [item.sessions for item in shipper._unsent] == [[2]]
+    assert [item.sessions for item in shipper.queue._unsent] == [[2]]
 
 
 def test_capture_is_truncated_but_traffic_is_not():
@@ -350,3 +350,15 @@ def test_connections_past_the_limit_are_closed_at_once():
     transport3 = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50002))
     third.makeConnection(transport3)
     assert not getattr(transport3, "aborted", False) and first.factory.connections == 1
+
+
+def test_redacted_headers_are_masked_in_the_record_only():
+    """[capture] redact masks those header values in the flow; the origin and client see the real ones."""
+    proxy, client, pool, shipper, _ = make_proxy("[capture]\nredact = Authorization, Set-Cookie\n")
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer secret\r\n\r\n")
+    assert b"Authorization: Bearer secret" in pool.connections[0].transport.value()
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=abc\r\nContent-Length: 0\r\n\r\n")
+    assert b"Set-Cookie: sid=abc" in client.value()
+    [flow] = queued(shipper)
+    assert (b"Authorization", b"[redacted]") in flow.request.headers
+    assert (b"Set-Cookie", b"[redacted]") in flow.response.headers

@@ -118,7 +118,7 @@ def test_welcome_records_pid_and_connects(shipper: Shipper) -> None:
     conn.welcome(pid=777)
     assert shipper.connected is True
     assert shipper.session_manager_pid == 777
-    assert shipper.status() == {"connected": True, "pid": 777, "pending": 0, "dropped": 0, "shipped": 0}
+    assert shipper.status() == {"connected": True, "pid": 777, "pending": 0, "spilled": 0, "dropped": 0, "shipped": 0}
 
 
 def test_factory_builds_protocol_for_the_shipper(shipper: Shipper) -> None:
@@ -181,8 +181,8 @@ def test_window_limits_bytes_in_flight(
     shipper: Shipper, clock: MemoryReactorClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No new batch goes out while a window's worth is unacked; an ack lets the next out."""
-    monkeypatch.setattr(shipper_module, "WINDOW_BYTES", 3000)
     monkeypatch.setattr(shipper_module, "BATCH_ITEMS", 2)
+    shipper.queue.window = 3000
     conn = connect(shipper, clock)
     for n in range(8):
         shipper.submit(make_flow(n), [1])  # 1024 bytes of accounting each
@@ -203,10 +203,10 @@ def test_ack_removes_pending_and_counts_shipped(shipper: Shipper, clock: MemoryR
     assert shipper.pending == 3
     conn.receive("ack", instance=shipper.instance, seq=2)
     assert shipper.pending == 1
-    assert shipper.shipped == 2
+    assert shipper.queue.shipped == 2
     conn.receive("ack", instance=shipper.instance, seq=3)
     assert shipper.pending == 0
-    assert shipper.shipped == 3
+    assert shipper.queue.shipped == 3
     assert shipper.status()["pending"] == 0
     clock.advance(0)
     assert conn.sent() == []  # nothing sent twice
@@ -233,7 +233,7 @@ def test_resend_after_reconnect(shipper: Shipper, clock: MemoryReactorClock) -> 
     assert messages[0]["items"][0][2] == make_flow(1).to_wire()
     second.receive("ack", instance=shipper.instance, seq=3)
     assert shipper.pending == 0
-    assert shipper.shipped == 3
+    assert shipper.queue.shipped == 3
 
 
 def test_welcome_last_seq_discards_stored(shipper: Shipper, clock: MemoryReactorClock) -> None:
@@ -279,8 +279,8 @@ def test_stale_connection_loss_is_ignored(shipper: Shipper, clock: MemoryReactor
 
 
 def test_queue_bound_drops_oldest_unsent(clock: MemoryReactorClock) -> None:
-    """Past max_pending_bytes the oldest unsent flows are dropped and counted."""
-    shipper = Shipper(clock, max_pending_bytes=2500)  # room for two 1024-byte flows
+    """Past memory_limit, with no spill file, the oldest unsent flows are dropped and counted."""
+    shipper = Shipper(clock, memory_limit=2500)  # room for two 1024-byte flows
     for n in range(1, 5):
         shipper.submit(make_flow(n), [1])
     assert shipper.dropped == 2
@@ -295,7 +295,7 @@ def test_queue_bound_drops_oldest_unsent(clock: MemoryReactorClock) -> None:
 
 def test_queue_bound_counts_body_sizes(clock: MemoryReactorClock) -> None:
     """A flow's request body counts against the bound: one big flow pushes out the small ones."""
-    shipper = Shipper(clock, max_pending_bytes=10_000)
+    shipper = Shipper(clock, memory_limit=10_000)
     shipper.submit(make_flow(1), [1])
     shipper.submit(make_flow(2), [1])
     shipper.submit(make_flow(3, body=b"x" * 7000), [1])
@@ -308,7 +308,7 @@ def test_queue_bound_counts_body_sizes(clock: MemoryReactorClock) -> None:
 
 def test_queue_bound_never_drops_unacked(clock: MemoryReactorClock) -> None:
     """Flows already sent stay until acked; only unsent ones are dropped for room."""
-    shipper = Shipper(clock, max_pending_bytes=2500)
+    shipper = Shipper(clock, memory_limit=2500)
     conn = connect(shipper, clock)
     shipper.submit(make_flow(1), [1])
     shipper.submit(make_flow(2), [1])
@@ -318,7 +318,7 @@ def test_queue_bound_never_drops_unacked(clock: MemoryReactorClock) -> None:
     assert shipper.dropped == 1
     assert shipper.pending == 2
     conn.receive("ack", instance=shipper.instance, seq=2)
-    assert shipper.shipped == 2
+    assert shipper.queue.shipped == 2
     assert shipper.pending == 0
 
 

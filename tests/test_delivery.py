@@ -1,0 +1,117 @@
+"""The delivery queue: order kept across memory, resend and the spill file."""
+
+from __future__ import annotations
+
+import os
+
+from capture.delivery import DeliveryQueue, SpillFile
+from capture.flow import Flow, Message
+
+
+def flow(n: int, body: int = 0) -> Flow:
+    return Flow(client="127.0.0.1", client_port=1, scheme="http", host="h", port=80, method="GET",
+                path=f"/{n}", request=Message(body=b"x" * body, size=body), start=float(n))
+
+
+def drain(queue: DeliveryQueue, ack: bool = True) -> list[tuple[str, int]]:
+    """Send everything in batches of 3, acknowledging each batch; (instance, seq) in sending order."""
+    sent = []
+    for _ in range(1000):
+        batch = queue.next_batch(3)
+        if not batch:
+            break
+        assert len({item.instance for item in batch}) == 1
+        sent.extend((item.instance, item.seq) for item in batch)
+        if ack:
+            queue.acked(batch[-1].instance, batch[-1].seq)
+    return sent
+
+
+def test_memory_only_queue_drops_oldest_past_the_limit():
+    """Without a spill file, flows past memory_limit are dropped oldest first and counted."""
+    queue = DeliveryQueue("a", memory_limit=3 * 1024)
+    for n in range(5):
+        queue.add(flow(n), [1])
+    assert queue.dropped == 2
+    assert [seq for _, seq in drain(queue)] == [3, 4, 5]
+
+
+def test_spill_keeps_every_flow_in_order(tmp_path):
+    """Past memory_limit flows go to disk; sending order stays by sequence number."""
+    spill = SpillFile(str(tmp_path / "spill"))
+    queue = DeliveryQueue("a", memory_limit=2 * 1024, spill=spill, spill_limit=10**9)
+    for n in range(10):
+        queue.add(flow(n), [1])
+    assert queue.spilled == 8 and queue.in_memory == 2 and queue.pending == 10
+    assert [seq for _, seq in drain(queue)] == list(range(1, 11))
+    assert queue.pending == 0 and queue.shipped == 10
+    assert os.path.getsize(tmp_path / "spill") == 0  # emptied once everything was read
+
+
+def test_resend_goes_before_spilled_and_new_flows(tmp_path):
+    """After a disconnect, unacknowledged flows go first, then the spill, then the newest."""
+    queue = DeliveryQueue("a", memory_limit=3 * 1024, spill=SpillFile(str(tmp_path / "s")), spill_limit=10**9)
+    for n in range(3):
+        queue.add(flow(n), [1])
+    first = queue.next_batch(2)
+    assert [item.seq for item in first] == [1, 2]
+    for n in range(3, 9):  # pushes 3..6 to disk while 1 and 2 are in flight
+        queue.add(flow(n), [1])
+    queue.disconnected()
+    assert [seq for _, seq in drain(queue)] == list(range(1, 10))
+
+
+def test_spill_limit_drops_the_oldest_spilled(tmp_path):
+    """When the spill file passes spill_limit, its oldest flows are dropped and counted."""
+    queue = DeliveryQueue("a", memory_limit=1024, spill=SpillFile(str(tmp_path / "s")), spill_limit=3000)
+    for n in range(20):
+        queue.add(flow(n, body=500), [1])
+    assert queue.dropped > 0
+    sent = [seq for _, seq in drain(queue)]
+    assert sent == sorted(sent) and sent[-1] == 20
+    assert len(sent) + queue.dropped == 20
+
+
+def test_persist_then_restart_ships_the_old_instance_first(tmp_path):
+    """At shutdown what is left goes to the spill file; a new instance ships it first, in order."""
+    path = str(tmp_path / "s")
+    old = DeliveryQueue("old", memory_limit=2 * 1024, spill=SpillFile(path), spill_limit=10**9)
+    for n in range(6):
+        old.add(flow(n), [1])
+    in_flight = old.next_batch(2)
+    assert [item.seq for item in in_flight] == [1, 2]
+    old.persist()
+
+    new = DeliveryQueue("new", memory_limit=10**9, spill=SpillFile(path), spill_limit=10**9)
+    assert new.spilled == 6
+    new.add(flow(99), [1])
+    sent = drain(new)
+    assert sent == [("old", n) for n in range(1, 7)] + [("new", 1)]
+    replayed = new.spill  # emptied
+    assert replayed.items == 0
+
+
+def test_discard_stored_skips_resends_the_store_has(tmp_path):
+    """A welcome's last_seq drops resends the store already holds."""
+    queue = DeliveryQueue("a", memory_limit=10**9)
+    for n in range(4):
+        queue.add(flow(n), [1])
+    queue.next_batch(3)
+    queue.disconnected()
+    queue.discard_stored(2)
+    assert [seq for _, seq in drain(queue)] == [3, 4]
+    assert queue.shipped == 4
+
+
+def test_torn_spill_tail_is_ignored(tmp_path):
+    """A spill file cut off mid-record (a crash while writing) keeps its whole records."""
+    path = str(tmp_path / "s")
+    queue = DeliveryQueue("a", memory_limit=0, spill=SpillFile(path), spill_limit=10**9)
+    for n in range(3):
+        queue.add(flow(n), [1])
+    queue.spill.close()
+    with open(path, "ab") as f:
+        f.write(b"\x93\xa1a")  # the start of a record, never finished
+    reopened = DeliveryQueue("b", memory_limit=10**9, spill=SpillFile(path), spill_limit=10**9)
+    assert [seq for _, seq in drain(reopened)] == [1, 2, 3]
+    assert os.path.getsize(path) == 0  # the torn bytes went with the rest once shipped
