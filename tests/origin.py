@@ -8,6 +8,8 @@ test.  ``python tests/origin.py [CERT KEY]`` prints ``PORT <n>`` once it listens
     /chunked?n=N        the same bytes, chunked
     /close?n=N          the same bytes, delimited by closing the connection (HTTP/1.0 style)
     /status/CODE        an empty response with that status
+    /static/NAME.EXT    a small body typed by its extension (image/png for .png, ...)
+    /set-cookie?a=1     sets each query parameter as a cookie
     /echo               JSON: method, path, ordered headers, body size and sha256
     /__log              JSON: every request seen so far (method, path, client port)
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mimetypes
 import sys
 import ssl
 import threading
@@ -127,6 +130,22 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_pattern(n, "chunked")
         if url.path == "/close":
             return self._send_pattern(n, "close")
+        if url.path.startswith("/static/"):
+            body = b"static " + url.path.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", mimetypes.guess_type(url.path)[0] or "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return
+        if url.path == "/set-cookie":
+            self.send_response(200)
+            for name, values in query.items():
+                self.send_header("Set-Cookie", f"{name}={values[0]}; Path=/; HttpOnly")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if url.path.startswith("/status/"):
             self.send_response(int(url.path.rsplit("/", 1)[1]))
             self.send_header("X-Origin", "yes")

@@ -16,6 +16,7 @@ from twisted.internet.task import cooperate
 from twisted.logger import Logger
 
 from capture import filters, wire
+from capture.flow import Flow
 from capture.sessiond.exports import Exports
 from capture.sessiond.store import Invalid, Store, StoreError
 
@@ -72,6 +73,17 @@ class SessionManager:
             if session_id is not None:
                 self.publish(int(session_id), "state", result if isinstance(result, dict) else {"id": session_id, "state": "deleted"})
         return result, None
+
+    def watched(self) -> set[int]:
+        """Sessions some admin client follows live."""
+        return set().union(*(proxy.subscriptions for proxy in self.proxies)) if self.proxies else set()
+
+    def flow_stored(self, flow_id: int, session_ids: list[int], flow: Flow) -> None:
+        summary = None
+        for session_id in session_ids:
+            if session_id in self.watched():
+                summary = summary or {"id": flow_id, **flow.summary()}
+                self.publish(session_id, "flow", summary)
 
     def publish(self, session_id: int, event: str, data: Any) -> None:
         """Send a live event to the proxies whose admin clients follow this session."""
@@ -153,7 +165,9 @@ class SessionProtocol(Protocol):
                 raise wire.WireError("flows before hello")
             # A proxy may replay an earlier instance's flows from its spill file.
             instance = str(message["instance"])
-            last = self.manager.store.ingest(instance, [tuple(item) for item in message["items"]])
+            watched = self.manager.watched()
+            on_stored = self.manager.flow_stored if watched else None
+            last = self.manager.store.ingest(instance, [tuple(item) for item in message["items"]], on_stored)
             self.transport.write(wire.encode("ack", instance=instance, seq=last))
         elif kind == "call":
             args = message.get("args") or {}

@@ -365,13 +365,20 @@ class Store:
 
     # flows ----------------------------------------------------------------
 
-    def ingest(self, instance: str, batch: Sequence[tuple[int, list[int], dict[str, Any]]]) -> int:
+    def ingest(
+        self,
+        instance: str,
+        batch: Sequence[tuple[int, list[int], dict[str, Any]]],
+        on_stored: Callable[[int, list[int], Flow], None] | None = None,
+    ) -> int:
         """Store a batch of ``(seq, session_ids, flow_wire)`` from one proxy instance.
 
         Items at or below the instance's high-water mark were delivered
         before (a resend after a lost ack) and are skipped.  One transaction:
         the flows and the new mark commit together, so a crash cannot store
         a flow twice or lose one that was acknowledged.  Returns the mark.
+        ``on_stored(flow_id, session_ids, flow)`` is called for each stored
+        flow once the transaction has committed (for live events).
         """
         if not isinstance(instance, str) or not instance:
             raise Invalid("instance must be a non-empty string")
@@ -388,6 +395,7 @@ class Store:
             records: list[tuple[int, bytes]] = []
             links: list[tuple[int, float, int]] = []
             counts: Counter[int] = Counter()
+            stored: list[tuple[int, list[int], Flow]] = []
             for item in batch:
                 try:
                     seq, session_ids, wire = item
@@ -416,6 +424,8 @@ class Store:
                 for session_id in targets:
                     links.append((session_id, flow.start, next_id))
                     counts[session_id] += 1
+                if on_stored is not None:
+                    stored.append((next_id, list(targets), flow))
             if flow_rows:
                 db.executemany(_INSERT_FLOW, flow_rows)
                 db.executemany(_INSERT_RECORD, records)
@@ -433,6 +443,8 @@ class Store:
                     (instance, mark),
                 )
         self.rejected += rejected
+        for flow_id, session_ids, flow in stored:
+            on_stored(flow_id, session_ids, flow)
         return mark
 
     def last_seq(self, instance: str) -> int:
