@@ -123,10 +123,14 @@ class ProxyFactory(Factory):
             self.record(candidates, tunnel_flow(proxy, tls_name or host, port, start, self.reactor.seconds(),
                                                 up, down, error, scheme))
 
-    def tls_failed(self, proxy: ProxyProtocol, target: TunnelTarget, name: str, reason: Failure | None) -> None:
+    def tls_failed(self, proxy: ProxyProtocol, target: TunnelTarget, name: str, reason: Failure | None,
+                   timed_out: bool = False) -> None:
         """A client gave up on our certificate: record it, and pass the host through next time."""
-        message = describe_client_tls_failure(reason, name)
-        if self.settings.tls.auto_passthrough:
+        if timed_out:
+            message = f"TLS handshake for {name} timed out: the client never finished it"
+        else:
+            message = describe_client_tls_failure(reason, name)
+        if self.settings.tls.auto_passthrough and not timed_out:
             self.auto_passthrough[(proxy.client, name)] = self.reactor.seconds()
             message += "; later connections from this client to this host are passed through"
         self.log.info("{client}: {message}", client=proxy.client, message=message)
@@ -314,6 +318,9 @@ class ProxyProtocol(Protocol):
             self.handshake_timer = None
 
     def handshake_timed_out(self) -> None:
+        """A client that never finishes the handshake: recorded, but no reason to pass its host through."""
+        self.handshake_timer = None
+        self.factory.tls_failed(self, self.tunnel, self.tls_name or self.tunnel.host, None, timed_out=True)
         self.transport.abortConnection()
 
     def inner(self, target: TunnelTarget, tls_name: str | None = None) -> ProxyProtocol:

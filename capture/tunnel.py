@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from capture.proxy import ProxyProtocol
 
 FIRST_BYTES_TIMEOUT = 3.0  # then assume a server-speaks-first protocol
-HANDSHAKE_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +56,7 @@ class Sniffer:
         self.host = host
         self.port = port
         self.buffer = b""
+        self._hello_started = False
         self.start = proxy.factory.reactor.seconds()
         self._timer = proxy.factory.reactor.callLater(FIRST_BYTES_TIMEOUT, self._silent)
 
@@ -74,6 +74,7 @@ class Sniffer:
                 self.proxy.transport.abortConnection()
                 return
             if hello is None:
+                self._hello_started = True
                 return
             self._cancel_timer()
             self._tls(hello)
@@ -88,6 +89,13 @@ class Sniffer:
         self._cancel_timer()
 
     def _silent(self) -> None:
+        if self._hello_started:  # a ClientHello that never finished: not something to relay
+            self.proxy.factory.record_tunnel(self.proxy, self.host, self.port, self.start, len(self.buffer), 0,
+                                             "TLS ClientHello cut short: the client stopped sending")
+            self.proxy.closing = True
+            self.proxy.transport.abortConnection()
+            return
+        # Nothing, or not enough to tell: a protocol where the server speaks first.
         self.proxy.switch_to(RawTunnel(self.proxy, self.host, self.port, self.start), self.buffer)
 
     def _cancel_timer(self) -> None:
@@ -116,7 +124,8 @@ class Sniffer:
         inner = self.proxy.inner(TunnelTarget("https", self.host, self.port, hello.sni), tls_name=name)
         tls_factory = TLSMemoryBIOFactory(ServerConnection(context), False, _Single(inner))
         tls = tls_factory.buildProtocol(self.proxy.transport.getPeer())
-        inner.handshake_timer = self.proxy.factory.reactor.callLater(HANDSHAKE_TIMEOUT, inner.handshake_timed_out)
+        limit = self.proxy.factory.limits.header_timeout  # the handshake is bounded like a request head
+        inner.handshake_timer = self.proxy.factory.reactor.callLater(limit, inner.handshake_timed_out)
         self.proxy.switch_to(tls, self.buffer)
 
     def _mint_failed(self, failure: Failure) -> None:
@@ -150,6 +159,8 @@ class RawTunnel:
         self.upstream: _RelayProtocol | None = None
         self._pending: list[bytes] = []
         self._recorded = False
+        self._idle_timeout = proxy.factory.settings.proxy.idle_timeout
+        self._idle = proxy.factory.reactor.callLater(self._idle_timeout, self._idle_expired)
         proxy.pause("connect")
         pool = proxy.factory.pool
         via = pool.via if pool.via is not None and pool.via.used_for(host) else None
@@ -161,14 +172,27 @@ class RawTunnel:
             d.addCallback(lambda relay: relay.ready)
         d.addCallbacks(self._connected, self._failed)
 
+    def _idle_expired(self) -> None:
+        """Nothing crossed the tunnel for idle_timeout seconds: close both sides."""
+        if self.upstream is not None:
+            self.upstream.transport.loseConnection()
+        self.proxy.transport.loseConnection()
+
+    def _touch(self) -> None:
+        if self._idle.active():
+            self._idle.reset(self._idle_timeout)
+
     def dataReceived(self, data: bytes) -> None:
         self.up += len(data)
+        self._touch()
         if self.upstream is None:
             self._pending.append(data)
         else:
             self.upstream.transport.write(data)
 
     def connectionLost(self, reason: Failure) -> None:
+        if self._idle.active():
+            self._idle.cancel()
         if self.upstream is not None:
             self.upstream.transport.loseConnection()
         self._record("")
@@ -193,6 +217,7 @@ class RawTunnel:
 
     def downstream(self, data: bytes) -> None:
         self.down += len(data)
+        self._touch()
         self.proxy.transport.write(data)
 
     def upstream_closed(self) -> None:

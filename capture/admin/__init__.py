@@ -7,7 +7,7 @@ from typing import Any, Callable
 from twisted.web import resource, server
 
 from capture import pages
-from capture.admin.api import AdminApi
+from capture.admin.api import MAX_BODY, AdminApi
 from capture.proxy import ProxyFactory
 from capture.shipper import Shipper
 
@@ -38,6 +38,33 @@ class _Onboarding(resource.Resource):
         return page.body
 
 
+class BoundedRequest(server.Request):
+    """A request whose body may not pass MAX_BODY: refused before it is read whole."""
+
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_BODY:
+            self._refuse()
+        super().gotLength(length if not self._refused else 0)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.content.tell() + len(data) > MAX_BODY:  # chunked, no length announced
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        body = b'{"error": "request body larger than %d bytes"}\n' % MAX_BODY
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        transport.loseConnection()
+
+
 class _Root(resource.Resource):
     def __init__(self, api: AdminApi, onboarding: _Onboarding) -> None:
         super().__init__()
@@ -50,6 +77,7 @@ class _Root(resource.Resource):
 
 def admin_site(shipper: Shipper, token: str, status: Callable[[], dict[str, Any]], proxy: ProxyFactory) -> server.Site:
     site = server.Site(_Root(AdminApi(shipper, token, status, proxy), _Onboarding(proxy)))
+    site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     site.noisy = False
     return site
