@@ -23,6 +23,7 @@ from capture.flow import Flow
 from capture.rules import RuleSet
 
 BATCH_ITEMS = 256
+FLUSH_DELAY = 0.02
 CALL_TIMEOUT = 15.0
 
 
@@ -184,8 +185,10 @@ class Shipper:
     # -- internals ------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
+        # Gathering a few milliseconds of flows makes one store transaction of many:
+        # the per-commit cost, not the per-flow one, is what the store pays most for.
         if self._flush_call is None and self.connected and self.queue.has_work():
-            self._flush_call = self._reactor.callLater(0, self._flush)
+            self._flush_call = self._reactor.callLater(FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
         """Send queued flows in batches, keeping at most a window in flight."""

@@ -16,6 +16,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
+from capture import shipper as shipper_module
 from capture import wire
 from capture.flow import Flow, Message
 from capture.rules import matching_sessions
@@ -422,6 +423,7 @@ def test_end_to_end_flows_stored_once(manager: SessionManager, store: Store) -> 
     for n in range(1, 6):
         flow = make_flow(n, method="GET" if n != 3 else "POST")
         shipper.submit(flow, matching_sessions(candidates, flow))
+    clock.advance(shipper_module.FLUSH_DELAY)
     pump.flush()
     assert shipper.pending == 0
     assert shipper.queue.shipped == 5
@@ -439,7 +441,7 @@ def test_end_to_end_lost_ack_resend_stored_once(manager: SessionManager, store: 
     client, server, pump = connect_pair(manager, shipper, clock)
     for n in range(1, 4):
         shipper.submit(make_flow(n), [session["id"]])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     pump.pump(advanceClock=False)  # the flows reach the store ...
     assert store.list_flows(session["id"])[1] == 3
     server.transport.getOutBuffer()  # ... and the ack is lost with the connection
@@ -450,12 +452,14 @@ def test_end_to_end_lost_ack_resend_stored_once(manager: SessionManager, store: 
     assert manager.proxies == set()
 
     client, server, pump = connect_pair(manager, shipper, clock)
+    clock.advance(shipper_module.FLUSH_DELAY)
     pump.flush()
     assert shipper.pending == 0
     assert store.list_flows(session["id"])[1] == 3
     assert store.get_session(session["id"])["flow_count"] == 3
 
     shipper.submit(make_flow(4), [session["id"]])
+    clock.advance(shipper_module.FLUSH_DELAY)
     pump.flush()
     assert shipper.pending == 0
     assert store.list_flows(session["id"])[1] == 4

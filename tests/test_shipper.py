@@ -105,7 +105,7 @@ def test_not_connected_until_welcome(shipper: Shipper, clock: MemoryReactorClock
     conn.sent()
     shipper.submit(make_flow(1), [1])
     shipper.submit(make_flow(2), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     clock.advance(10)
     assert conn.sent() == []
     assert shipper.connected is False
@@ -141,7 +141,7 @@ def test_submit_assigns_increasing_seqs(shipper: Shipper, clock: MemoryReactorCl
     conn.sent()
     conn.welcome()
     assert conn.sent() == []  # flushed on the next turn, not inside dataReceived
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     (message,) = conn.sent()
     assert message["t"] == "flows"
     assert message["instance"] == shipper.instance
@@ -159,10 +159,10 @@ def test_submits_in_one_turn_share_a_message(shipper: Shipper, clock: MemoryReac
     shipper.submit(make_flow(1), [1])
     shipper.submit(make_flow(2), [1])
     assert conn.sent() == []
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert [shipped_seqs([m]) for m in conn.sent()] == [[1, 2]]
     shipper.submit(make_flow(3), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert shipped_seqs(conn.sent()) == [3]
 
 
@@ -171,7 +171,7 @@ def test_batches_hold_at_most_batch_items(shipper: Shipper, clock: MemoryReactor
     conn = connect(shipper, clock)
     for n in range(shipper_module.BATCH_ITEMS + 10):
         shipper.submit(make_flow(n), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     messages = conn.sent()
     assert [len(m["items"]) for m in messages] == [shipper_module.BATCH_ITEMS, 10]
     assert shipped_seqs(messages) == list(range(1, shipper_module.BATCH_ITEMS + 11))
@@ -186,10 +186,10 @@ def test_window_limits_bytes_in_flight(
     conn = connect(shipper, clock)
     for n in range(8):
         shipper.submit(make_flow(n), [1])  # 1024 bytes of accounting each
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert shipped_seqs(conn.sent()) == [1, 2, 3, 4]
     conn.receive("ack", instance=shipper.instance, seq=4)
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert shipped_seqs(conn.sent()) == [5, 6, 7, 8]
 
 
@@ -198,7 +198,7 @@ def test_ack_removes_pending_and_counts_shipped(shipper: Shipper, clock: MemoryR
     conn = connect(shipper, clock)
     for n in range(3):
         shipper.submit(make_flow(n), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     conn.sent()
     assert shipper.pending == 3
     conn.receive("ack", instance=shipper.instance, seq=2)
@@ -208,7 +208,7 @@ def test_ack_removes_pending_and_counts_shipped(shipper: Shipper, clock: MemoryR
     assert shipper.pending == 0
     assert shipper.queue.shipped == 3
     assert shipper.status()["pending"] == 0
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert conn.sent() == []  # nothing sent twice
 
 
@@ -217,7 +217,7 @@ def test_resend_after_reconnect(shipper: Shipper, clock: MemoryReactorClock) -> 
     first = connect(shipper, clock)
     shipper.submit(make_flow(1), [1])
     shipper.submit(make_flow(2), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert shipped_seqs(first.sent()) == [1, 2]
     first.lose()
     assert shipper.connected is False
@@ -227,7 +227,7 @@ def test_resend_after_reconnect(shipper: Shipper, clock: MemoryReactorClock) -> 
     second = Connection(shipper)
     assert [m["t"] for m in second.sent()] == ["hello"]
     second.welcome(last_seq=0)
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     messages = second.sent()
     assert shipped_seqs(messages) == [1, 2, 3]
     assert messages[0]["items"][0][2] == make_flow(1).to_wire()
@@ -241,13 +241,13 @@ def test_welcome_last_seq_discards_stored(shipper: Shipper, clock: MemoryReactor
     first = connect(shipper, clock)
     for n in range(4):
         shipper.submit(make_flow(n), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     first.sent()
     first.lose()
     second = Connection(shipper)
     second.welcome(last_seq=2)
     assert shipper.pending == 2
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert shipped_seqs(second.sent()) == [3, 4]
 
 
@@ -255,11 +255,11 @@ def test_welcome_last_seq_covering_everything(shipper: Shipper, clock: MemoryRea
     """When the store has everything, nothing is resent and pending is 0."""
     first = connect(shipper, clock)
     shipper.submit(make_flow(1), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     first.lose()
     second = Connection(shipper)
     second.welcome(last_seq=1)
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert [m["t"] for m in second.sent()] == ["hello"]
     assert shipper.pending == 0
 
@@ -271,7 +271,7 @@ def test_stale_connection_loss_is_ignored(shipper: Shipper, clock: MemoryReactor
     old.lose()
     assert shipper.connected is True
     shipper.submit(make_flow(1), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert shipped_seqs(new.sent()) == [1]
 
 
@@ -287,7 +287,7 @@ def test_queue_bound_drops_oldest_unsent(clock: MemoryReactorClock) -> None:
     assert shipper.pending == 2
     assert shipper.status()["dropped"] == 2
     conn = connect(shipper, clock)
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     messages = conn.sent()
     assert shipped_seqs(messages) == [3, 4]
     assert [item[2]["path"] for item in messages[0]["items"]] == ["/item/3", "/item/4"]
@@ -302,7 +302,7 @@ def test_queue_bound_counts_body_sizes(clock: MemoryReactorClock) -> None:
     assert shipper.dropped == 1
     assert shipper.pending == 2
     conn = connect(shipper, clock)
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert shipped_seqs(conn.sent()) == [2, 3]
 
 
@@ -312,7 +312,7 @@ def test_queue_bound_never_drops_unacked(clock: MemoryReactorClock) -> None:
     conn = connect(shipper, clock)
     shipper.submit(make_flow(1), [1])
     shipper.submit(make_flow(2), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     assert shipped_seqs(conn.sent()) == [1, 2]
     shipper.submit(make_flow(3), [1])
     assert shipper.dropped == 1
@@ -472,7 +472,7 @@ def test_drained_fires_true_when_all_acked(shipper: Shipper, clock: MemoryReacto
     conn = connect(shipper, clock)
     shipper.submit(make_flow(1), [1])
     shipper.submit(make_flow(2), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     results: list[bool] = []
     shipper.drained(5.0).addCallback(results.append)
     conn.receive("ack", instance=shipper.instance, seq=1)
@@ -498,7 +498,7 @@ def test_drained_true_when_welcome_discards_the_rest(shipper: Shipper, clock: Me
     """drained() fires True as soon as the queue is empty, also when welcome's last_seq empties it."""
     first = connect(shipper, clock)
     shipper.submit(make_flow(1), [1])
-    clock.advance(0)
+    clock.advance(shipper_module.FLUSH_DELAY)
     first.lose()
     results: list[bool] = []
     shipper.drained(5.0).addCallback(results.append)
