@@ -13,6 +13,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -59,7 +60,7 @@ def config_defaults(path: str) -> tuple[str | None, str | None]:
 
 def admin_url_for(endpoint: str) -> str | None:
     """The URL to reach a ``tcp:PORT[:interface=ADDR]`` listener from this machine."""
-    parts = endpoint.split(":")
+    parts = [p.replace("\\", "") for p in re.split(r"(?<!\\):", endpoint)]  # "\:" escapes a colon
     if parts[0] not in ("tcp", "tcp6", "ssl"):
         return None
     options = dict(p.partition("=")[::2] for p in parts[1:] if "=" in p)
@@ -68,9 +69,8 @@ def admin_url_for(endpoint: str) -> str | None:
     if not port.isdigit() or int(port) == 0:
         return None
     host = options.get("interface", "")
-    if host in ("", "0.0.0.0", "::", "\\:\\:"):
-        host = "::1" if parts[0] == "tcp6" else "127.0.0.1"
-    host = host.replace("\\", "")
+    if host in ("", "0.0.0.0", "::"):  # every address: this machine's loopback is one
+        host = "::1" if parts[0] == "tcp6" or host == "::" else "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
     return f"{'https' if parts[0] == 'ssl' else 'http'}://{host}:{int(port)}"
@@ -183,7 +183,10 @@ class Api:
 # -- commands ----------------------------------------------------------------------------
 
 
-def width() -> int:
+def width() -> int | None:
+    """Columns to fit URLs into: the terminal's, or $COLUMNS; None (whole URLs) into a pipe."""
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        return None
     return shutil.get_terminal_size((100, 24)).columns
 
 
@@ -276,6 +279,9 @@ def cmd_tail(api: Api, args: argparse.Namespace) -> None:
                     return
             if event == "state" and data.get("state") in ("stopped", "deleted"):
                 return
+    if args.count:
+        raise CliError(1, f"the event stream ended after {seen} of {args.count} flows (the appliance stopped?)")
+    print("capturectl: the event stream ended (the appliance stopped?)", file=sys.stderr)
 
 
 def sse_events(response: http.client.HTTPResponse, api: Api) -> Iterator[tuple[str, Any]]:
@@ -285,7 +291,7 @@ def sse_events(response: http.client.HTTPResponse, api: Api) -> Iterator[tuple[s
         try:
             raw = response.readline()
         except (OSError, http.client.HTTPException) as e:
-            raise CliError(1, f"the event stream from {api.base} was cut off ({e or type(e).__name__}); "
+            raise CliError(1, f"the event stream from {api.base} was cut off ({str(e) or type(e).__name__}); "
                               "the appliance stopped, or this reader fell behind") from None
         if not raw:
             return
@@ -334,7 +340,7 @@ def cmd_export(api: Api, args: argparse.Namespace) -> None:
                 try:
                     data = response.read1(CHUNK)
                 except (OSError, http.client.HTTPException) as e:
-                    raise CliError(1, f"the export was cut off after {written} bytes ({e or type(e).__name__}); "
+                    raise CliError(1, f"the export was cut off after {written} bytes ({str(e) or type(e).__name__}); "
                                       f"{args.output} not written") from None
                 if not data:
                     break

@@ -63,7 +63,7 @@ def truncate(text: str, width: int) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int | None = None) -> list[str]:
-    """Left-aligned columns two spaces apart; the last one is cut to fit ``width``."""
+    """Left-aligned columns two spaces apart; the last one is cut to fit ``width`` (if any)."""
     rows = [list(row) for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
     fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
@@ -95,20 +95,27 @@ def status_lines(status: dict[str, Any], admin_url: str) -> list[str]:
     else:
         state = "not connected"
     passthrough = status.get("auto_passthrough") or []
-    return key_values([
+    pairs: list[tuple[str, Any]] = [
         ("version", status.get("version", "?")),
         ("admin API", admin_url),
         ("proxy listener", listeners.get("proxy") or "-"),
         ("admin listener", listeners.get("admin") or "-"),
         ("session manager", state),
         ("manager restarts", manager.get("restarts", 0)),
+    ]
+    workers = status.get("workers")
+    if isinstance(workers, dict):
+        pairs.append(("proxy workers", f"{workers.get('running')} of {workers.get('configured')} running,"
+                                       f" {workers.get('restarts', 0)} restart(s)"))
+    pairs += [
         ("pending flows", status.get("pending_flows", 0)),
         ("spilled flows", status.get("spilled_flows", 0)),
         ("dropped flows", status.get("dropped_flows", 0)),
         ("client connections", status.get("client_connections", 0)),
         ("auto-passthrough", f"{len(passthrough)} host(s)"),
         ("CA SHA-256", status.get("ca_sha256", "-")),
-    ])
+    ]
+    return key_values(pairs)
 
 
 def session_rows(sessions: Iterable[dict[str, Any]]) -> list[list[str]]:
@@ -165,12 +172,14 @@ def flow_row(flow: dict[str, Any]) -> list[str]:
     ]
 
 
-def tail_line(flow: dict[str, Any], width: int) -> str:
+def tail_line(flow: dict[str, Any], width: int | None = None) -> str:
     """One flow as a table row of fixed widths, for rows printed as they arrive."""
     cells = flow_row(flow)
-    fixed = sum(TAIL_WIDTHS) + 2 * len(TAIL_WIDTHS)
     head = "  ".join(cell.ljust(w) for cell, w in zip(cells, TAIL_WIDTHS))
-    return f"{head}  {truncate(cells[-1], max(width - fixed, MIN_LAST_COLUMN))}".rstrip()
+    url = cells[-1]
+    if width is not None:
+        url = truncate(url, max(width - sum(TAIL_WIDTHS) - 2 * len(TAIL_WIDTHS), MIN_LAST_COLUMN))
+    return f"{head}  {url}".rstrip()
 
 
 def tail_header() -> str:

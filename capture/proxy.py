@@ -139,6 +139,18 @@ class ProxyFactory(Factory):
             self.record(candidates, tunnel_flow(proxy, name, target.port, proxy.start, self.reactor.seconds(),
                                                 0, 0, message, "https"))
 
+    def listening_on(self, port: int) -> None:
+        """Our own proxy port: for onboarding pages, and to refuse requests that loop back."""
+        self.own_ports.add(port)
+        self.proxy_port = port
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "refused_clients": self.refused,
+            "client_connections": self.connections,
+            "connections_over_limit": self.over_limit,
+        }
+
     def drain(self, grace: float) -> defer.Deferred:
         """Stop: close idle client connections now, busy ones after their exchange, all within ``grace``."""
         self.draining = True
@@ -523,6 +535,7 @@ class Exchange:
         self.upstream: UpstreamProtocol | None = None
         self.target: http1.Target | None = None
         self._absolute = False  # absolute-form target: Host comes from it
+        self._local = False  # answered by the proxy itself, once the request is in
         self._pending: list[bytes | None] | None = []  # request body waiting for the upstream
         self._request_trailers: list[tuple[bytes, bytes]] = []
         self._request_size = 0
@@ -590,7 +603,9 @@ class Exchange:
 
     def request_end(self) -> None:
         self.request_complete = True
-        if self._pending is not None:
+        if self._local:
+            self._answer_locally()
+        elif self._pending is not None:
             self._pending.append(None)
         elif self.upstream is not None:
             self._end_request_body()
@@ -751,7 +766,14 @@ class Exchange:
     # -- endings ---------------------------------------------------------------------
 
     def _answer_locally(self) -> None:
-        """Requests for the proxy itself: the magic host's pages, or a hint."""
+        """Requests for the proxy itself: the magic host's pages, or a hint.
+
+        Answered once the whole request is read, so the connection stays usable.
+        """
+        if not self.request_complete:
+            self._local = True
+            return
+        self._local = False
         factory = self.proxy.factory
         if self.target is not None:
             host = self.target.host

@@ -24,6 +24,7 @@ from capture.rules import RuleSet
 
 BATCH_ITEMS = 256
 FLUSH_DELAY = 0.02
+STATS_INTERVAL = 1.0
 CALL_TIMEOUT = 15.0
 
 
@@ -58,6 +59,9 @@ class Shipper:
         self._listeners: dict[int, set[Callable[[str, Any], None]]] = {}
         self._next_call = 1
         self._drained: list[defer.Deferred] = []
+        # What this process reports about itself, sent every STATS_INTERVAL (workers' status).
+        self.stats: Callable[[], dict[str, Any]] = self.status
+        self._stats_call: Any = None
 
     # -- what the proxy and the admin API use ---------------------------------
 
@@ -143,12 +147,24 @@ class Shipper:
     def attached(self, protocol: ShipperProtocol) -> None:
         self._protocol = protocol
         protocol.send(wire.encode("hello", instance=self.instance, pid=os.getpid()))
+        if self._stats_call is None:
+            self._stats_call = self._reactor.callLater(STATS_INTERVAL, self._report)
+
+    def _report(self) -> None:
+        self._stats_call = None
+        if self._protocol is not None:
+            if self._protocol.ready:
+                self._protocol.send(wire.encode("stats", instance=self.instance, data=self.stats()))
+            self._stats_call = self._reactor.callLater(STATS_INTERVAL, self._report)
 
     def detached(self, protocol: ShipperProtocol) -> None:
         if self._protocol is not protocol:
             return
         self._protocol = None
         self.session_manager_pid = None
+        if self._stats_call is not None and self._stats_call.active():
+            self._stats_call.cancel()
+        self._stats_call = None
         self.queue.disconnected()  # everything unacknowledged goes out again on the next connection
         calls, self._calls = self._calls, {}
         for d, timer, _ in calls.values():

@@ -1,13 +1,16 @@
 """``twistd capture``: the options and the whole service tree in one place.
 
     MultiService
-      SessionManagerMonitor   the session-manager child, restarted with back-off
-      ClientService           the UNIX-socket link to it, reconnecting with back-off
+      ChildMonitor            the session-manager child, restarted with back-off
+      ShipperService          the UNIX-socket link to it, reconnecting with back-off
       proxy listener          ProxyFactory on [proxy] listen
+      ChildMonitor            [proxy] workers - 1 more proxy processes (capture/worker.py)
       admin listener          the JSON API on [admin] listen
 
-Services stop in reverse order: listeners first, then the link (after the
-pending flows are flushed), then the child.
+Services stop one after another in reverse order: the admin listener, the
+workers (each drains and flushes itself), the proxy listener (stops
+accepting, lets exchanges finish), the link (after pending flows are
+flushed or spilled), then the session manager.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
@@ -31,12 +34,14 @@ from capture.admin import admin_site
 from capture.ca import CAError, CertificateAuthority
 from capture.delivery import SpillFile
 from capture.flow import iso_time
+from capture import reuseport
 from capture.proxy import ProxyFactory
 from capture.shipper import Shipper, ShipperFactory
 
 log = Logger()
 
 FLUSH_TIMEOUT = 5.0
+CHILD_STOP_TIMEOUT = 30.0
 
 
 class Options(usage.Options):
@@ -68,17 +73,24 @@ class OrderedServices(service.MultiService):
                 log.failure("stopping {service} failed", service=child.name)
 
 
-class SessionManagerMonitor(ProcessMonitor):
-    """ProcessMonitor that counts restarts and waits for the child when stopping."""
+class ChildMonitor(ProcessMonitor):
+    """ProcessMonitor that counts restarts and, when stopping, waits for its children to exit.
+
+    A child gets SIGTERM and CHILD_STOP_TIMEOUT seconds to finish (a proxy
+    worker drains and flushes) before SIGKILL.
+    """
 
     def __init__(self, reactor: Any = None) -> None:
         super().__init__(reactor=reactor) if reactor is not None else super().__init__()
+        self.minRestartDelay = 0.5
+        self.maxRestartDelay = 30
+        self.killTime = CHILD_STOP_TIMEOUT
         self.starts = 0
         self._exited: list[defer.Deferred] = []
 
     @property
     def restarts(self) -> int:
-        return max(0, self.starts - 1)
+        return max(0, self.starts - len(self._processes))
 
     @property
     def pid(self) -> int | None:
@@ -143,63 +155,120 @@ def ensure_token(path: str) -> str:
     return token
 
 
+def load_ca(settings: config.Settings) -> CertificateAuthority:
+    try:
+        return CertificateAuthority.load_or_create(settings.tls.ca_dir)
+    except CAError as e:
+        print(f"capture: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+class ProxyPart:
+    """What every proxy process runs: the shipper and its link, the proxy and its listener.
+
+    ``port`` is None for the main process (it binds the configured endpoint,
+    sharing it with SO_REUSEPORT when there are workers) and the bound port
+    number for a worker, which must bind the same one.
+    """
+
+    def __init__(self, settings: config.Settings, reactor: Any, ca: CertificateAuthority, index: int = 0,
+                 port: int | None = None) -> None:
+        capture_settings = settings.capture
+        spill_path = capture_settings.spill_file + (f".{index}" if index else "")
+        try:
+            spill = SpillFile(spill_path) if capture_settings.spill_limit > 0 else None
+        except OSError as e:
+            print(f"capture: cannot open the spill file {spill_path}: {e.strerror}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if spill is not None and spill.items:
+            log.info("{n} flows from an earlier run wait in {path}; shipping them first", n=spill.items, path=spill_path)
+        self.shipper = Shipper(reactor, capture_settings.buffer_memory, spill, capture_settings.spill_limit)
+        self.shipper_service = ShipperService(self.shipper, UNIXClientEndpoint(reactor, settings.store.socket), reactor)
+        self.proxy = proxy = ProxyFactory(settings, self.shipper, reactor, ca=ca)
+        queue = self.shipper.queue
+        self.shipper.stats = lambda: {
+            "worker": index,
+            "pid": os.getpid(),
+            **proxy.counters(),
+            "pending": queue.pending,
+            "spilled": queue.spilled,
+            "dropped": queue.dropped,
+            "shipped": queue.shipped,
+        }
+        description = settings.proxy.listen
+        if port is not None or settings.proxy.workers > 1:
+            bind = lambda: reuseport.listen(reactor, description, proxy, port)  # noqa: E731
+        else:
+            bind = lambda: _listen_endpoint(reactor, description, proxy)  # noqa: E731
+        self.listener = Listener("proxy", description, bind, drain=lambda: proxy.drain(settings.limits.shutdown_grace))
+        self.listener.on_listening = proxy.listening_on
+
+    def add_to(self, parent: service.MultiService) -> None:
+        """Link first, listener after: stopping in reverse drains the proxy before the flush."""
+        self.shipper_service.setServiceParent(parent)
+        self.listener.setServiceParent(parent)
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     settings: config.Settings = options["settings"]
-    try:
-        ca = CertificateAuthority.load_or_create(settings.tls.ca_dir)
-    except CAError as e:
-        print(f"capture: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    ca = load_ca(settings)
     log.info("CA {path}/ca.pem, SHA-256 {fingerprint}", path=settings.tls.ca_dir, fingerprint=ca.sha256)
     token = ensure_token(settings.admin.token_file)
     log.info("admin token file: {path}", path=settings.admin.token_file)
-    if settings.proxy.workers != 1:
-        log.warn("[proxy] workers = {n} is not supported yet; running one proxy process", n=settings.proxy.workers)
     if settings.proxy.upstream is not None:
         log.info("chaining to upstream proxy {host}:{port}", host=settings.proxy.upstream.host, port=settings.proxy.upstream.port)
 
     top = OrderedServices()
-
-    monitor = SessionManagerMonitor(reactor)
-    monitor.minRestartDelay = 0.5
-    monitor.maxRestartDelay = 30
-    monitor.addProcess(
+    sessiond = ChildMonitor(reactor)
+    sessiond.addProcess(
         "sessiond",
         [sys.executable, "-m", "capture.sessiond", "--config", settings.source],
         env=dict(os.environ),
     )
-    monitor.setServiceParent(top)
+    sessiond.setServiceParent(top)
 
-    capture_settings = settings.capture
-    try:
-        spill = SpillFile(capture_settings.spill_file) if capture_settings.spill_limit > 0 else None
-    except OSError as e:
-        print(f"capture: cannot open the spill file {capture_settings.spill_file}: {e.strerror}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if spill is not None and spill.items:
-        log.info("{n} flows from an earlier run wait in {path}; shipping them first",
-                 n=spill.items, path=capture_settings.spill_file)
-    shipper = Shipper(reactor, capture_settings.buffer_memory, spill, capture_settings.spill_limit)
-    ShipperService(shipper, UNIXClientEndpoint(reactor, settings.store.socket), reactor).setServiceParent(top)
+    main = ProxyPart(settings, reactor, ca)
+    main.add_to(top)
+    shipper, proxy = main.shipper, main.proxy
 
-    proxy = ProxyFactory(settings, shipper, reactor, ca=ca)
-    proxy_listener = Listener("proxy", settings.proxy.listen, proxy, reactor,
-                              drain=lambda: proxy.drain(settings.limits.shutdown_grace))
-    proxy_listener.setServiceParent(top)
+    workers = ChildMonitor(reactor)  # extra proxy processes, stopped before the proxy drains
+    workers.setServiceParent(top)
 
-    def status() -> dict[str, Any]:
+    def proxy_listening(port: int) -> None:
+        for index in range(1, settings.proxy.workers):
+            workers.addProcess(
+                f"worker-{index}",
+                [sys.executable, "-m", "capture.worker", "--config", settings.source,
+                 "--index", str(index), "--port", str(port), "--admin-port", str(admin_port[0])],
+                env=dict(os.environ),
+            )
+
+    admin_port = [0]
+
+    async def status() -> dict[str, Any]:
+        own = shipper.stats()
+        others = []
+        if settings.proxy.workers > 1 and shipper.connected:
+            try:
+                reports = await shipper.call("proxies").addTimeout(2.0, reactor)
+                others = [r for r in reports if r.get("worker") != 0]
+            except Exception:  # the status page answers even without the session manager
+                others = []
+        processes = [own, *others]
         return {
             "version": __version__,
-            "listeners": {"proxy": proxy_listener.address, "admin": admin_listener.address},
-            "session_manager": {**shipper.status(), "restarts": monitor.restarts},
-            "pending_flows": shipper.pending,
-            "spilled_flows": shipper.queue.spilled,
-            "dropped_flows": shipper.dropped,
-            "refused_clients": proxy.refused,
-            "client_connections": proxy.connections,
-            "connections_over_limit": proxy.over_limit,
+            "listeners": {"proxy": main.listener.address, "admin": admin_listener.address},
+            "session_manager": {**shipper.status(), "restarts": sessiond.restarts},
+            "workers": {"configured": settings.proxy.workers, "running": 1 + len(others), "restarts": workers.restarts},
+            "processes": processes,
+            "pending_flows": sum(p["pending"] for p in processes),
+            "spilled_flows": sum(p["spilled"] for p in processes),
+            "dropped_flows": sum(p["dropped"] for p in processes),
+            "refused_clients": sum(p["refused_clients"] for p in processes),
+            "client_connections": sum(p["client_connections"] for p in processes),
+            "connections_over_limit": sum(p["connections_over_limit"] for p in processes),
             "ca_sha256": ca.sha256,
             "auto_passthrough": [
                 {"client": client, "host": host, "since": iso_time(since)}
@@ -207,28 +276,38 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             ],
         }
 
-    admin_listener = Listener("admin", settings.admin.listen, admin_site(shipper, token, status, proxy), reactor)
+    site = admin_site(shipper, token, status, proxy)
+    admin_listener = Listener("admin", settings.admin.listen, lambda: _listen_endpoint(reactor, settings.admin.listen, site))
     admin_listener.setServiceParent(top)
 
-    # Remember our own ports so requests that would loop back are refused.
-    def proxy_listening(port: int) -> None:
+    def admin_listening(port: int) -> None:
+        admin_port[0] = port
         proxy.own_ports.add(port)
-        proxy.proxy_port = port
 
-    proxy_listener.on_listening = proxy_listening
-    admin_listener.on_listening = proxy.own_ports.add
+    admin_listener.on_listening = admin_listening
+    main.listener.on_listening = lambda port: (proxy.listening_on(port), proxy_listening(port))
     return top
 
 
-class Listener(service.Service):
-    """A listening endpoint that knows its bound address; failing to bind stops start-up."""
+def _listen_endpoint(reactor: Any, description: str, factory: Any) -> Any:
+    """Listen on a Twisted endpoint string; the port, or the Failure if it did not bind at once."""
+    results: list[Any] = []
+    serverFromString(reactor, description).listen(factory).addBoth(results.append)
+    if not results:
+        raise RuntimeError("did not bind at once")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
 
-    def __init__(self, name: str, description: str, factory: Any, reactor: Any, drain: Any = None) -> None:
+
+class Listener(service.Service):
+    """A listening socket that knows its bound address; failing to bind stops start-up with one line."""
+
+    def __init__(self, name: str, description: str, bind: Callable[[], Any], drain: Any = None) -> None:
         self.name = name
-        self.drain = drain
         self.description = description
-        self.factory = factory
-        self.reactor = reactor
+        self.bind = bind
+        self.drain = drain
         self.on_listening: Any = None
         self._port: Any = None
 
@@ -241,13 +320,11 @@ class Listener(service.Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        results: list[Any] = []
-        serverFromString(self.reactor, self.description).listen(self.factory).addBoth(results.append)
-        if not results or isinstance(results[0], Failure):
-            reason = results[0].getErrorMessage() if results else "did not bind at once"
-            print(f"capture: cannot listen for {self.name} on {self.description}: {reason}", file=sys.stderr)
-            raise SystemExit(1)
-        self._port = results[0]
+        try:
+            self._port = self.bind()
+        except Exception as e:
+            print(f"capture: cannot listen for {self.name} on {self.description}: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         host = self._port.getHost()
         log.info("{name} listening on {address}", name=self.name, address=self.address)
         if self.on_listening is not None and hasattr(host, "port"):

@@ -10,6 +10,7 @@ Message types (``t``), proxy -> session manager:
     flows   {instance, items}            items: [[seq, [session ids], flow], ...]
     call    {id, method, args}           a request/reply call for the admin API
     subscribe / unsubscribe {session}    live events of a session wanted or not
+    stats   {instance, data}             the proxy process's counters, every second
 Session manager -> proxy:
     welcome {pid, last_seq}              last_seq: highest stored seq for instance
     ack     {instance, seq}              every seq <= this one is stored

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
-import os
 import re
 import selectors
 import socket
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from capture import cli, cli_format
-from conftest import child_env, wait_for
+from conftest import child_env
 
 TIMEOUT = 30
 
@@ -288,12 +287,21 @@ def test_usage_errors_exit_2(tmp_path):
     ("tcp:9000:interface=0.0.0.0", "http://127.0.0.1:9000"),
     ("tcp:port=9001:interface=192.168.1.5", "http://192.168.1.5:9001"),
     ("tcp6:9002", "http://[::1]:9002"),
+    ("tcp6:9003:interface=\\:\\:", "http://[::1]:9003"),
+    ("tcp6:9004:interface=fe80\\:\\:1", "http://[fe80::1]:9004"),
     ("tcp:0:interface=127.0.0.1", None),
     ("unix:/run/capture.sock", None),
 ])
 def test_admin_url_from_endpoint(endpoint, url):
     """The config's [admin] listen endpoint becomes the URL to reach it from this machine."""
     assert cli.admin_url_for(endpoint) == url
+
+
+def test_status_lines_include_workers_when_reported():
+    """status_lines shows proxy workers only when the appliance reports them, and tolerates missing keys."""
+    lines = cli_format.status_lines({"workers": {"configured": 4, "running": 3, "restarts": 1}}, "http://a:1")
+    assert "proxy workers:      3 of 4 running, 1 restart(s)" in lines
+    assert not any("proxy workers" in line for line in cli_format.status_lines({}, "http://a:1"))
 
 
 def test_config_defaults_read_the_admin_section(tmp_path, monkeypatch):
@@ -328,6 +336,7 @@ def test_sizes_durations_and_tables():
     lines = cli_format.table(("A", "URL"), [["1", "http://x/" + "y" * 50], ["22", "http://z/"]], width=30)
     assert lines == ["A   URL", "1   http://x/yyyyyyyyyyyyyy...", "22  http://z/"]
     assert max(map(len, lines)) == 30
+    assert cli_format.table(("A", "URL"), [["1", "http://x/" + "y" * 50]])[1].endswith("y" * 50)
 
 
 def test_sse_parser_reads_events_and_skips_comments():

@@ -362,3 +362,13 @@ def test_redacted_headers_are_masked_in_the_record_only():
     [flow] = queued(shipper)
     assert (b"Authorization", b"[redacted]") in flow.request.headers
     assert (b"Set-Cookie", b"[redacted]") in flow.response.headers
+
+
+def test_magic_host_page_keeps_the_connection_alive():
+    """The appliance's own page is answered after the whole request, and keep-alive holds."""
+    proxy, client, pool, _, _ = make_proxy()
+    proxy.factory.ca = type("CA", (), {"sha256": "AB:CD", "pem": b"PEM", "der": b"DER"})()
+    proxy.dataReceived(b"GET http://capture.proxy/ca.pem HTTP/1.1\r\nHost: capture.proxy\r\n\r\n")
+    proxy.dataReceived(b"GET http://capture.proxy/ca.der HTTP/1.1\r\nHost: capture.proxy\r\n\r\n")
+    assert client.value().count(b"HTTP/1.1 200 OK") == 2
+    assert client.value().endswith(b"DER") and not client.disconnecting and not pool.connections

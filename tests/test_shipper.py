@@ -128,6 +128,23 @@ def test_factory_builds_protocol_for_the_shipper(shipper: Shipper) -> None:
     assert protocol.shipper is shipper
 
 
+def pending_timers(clock: MemoryReactorClock) -> list:
+    """Delayed calls other than the periodic stats report."""
+    return [call for call in clock.getDelayedCalls() if call.func.__name__ != "_report"]
+
+
+def test_stats_are_reported_every_second_while_connected(shipper: Shipper, clock: MemoryReactorClock) -> None:
+    """A connected shipper sends a stats message each STATS_INTERVAL, and stops when disconnected."""
+    conn = connect(shipper, clock)
+    shipper.stats = lambda: {"worker": 3}
+    clock.advance(shipper_module.STATS_INTERVAL)
+    assert [m for m in conn.sent() if m["t"] == "stats"] == [
+        {"t": "stats", "v": 1, "instance": shipper.instance, "data": {"worker": 3}}
+    ]
+    conn.protocol.connectionLost(None)
+    assert pending_timers(clock) == [] and not [c for c in clock.getDelayedCalls() if c.active()]
+
+
 # -- shipping --------------------------------------------------------------------
 
 
@@ -345,7 +362,7 @@ def test_call_resolves_with_result(shipper: Shipper, clock: MemoryReactorClock) 
     assert message == {"t": "call", "v": wire.VERSION, "id": 1, "method": "sessions.get", "args": {"session_id": 5}}
     conn.receive("reply", id=1, result={"id": 5, "name": "s"})
     assert results == [{"id": 5, "name": "s"}]
-    assert clock.getDelayedCalls() == []  # the timeout is cancelled
+    assert pending_timers(clock) == []  # the timeout is cancelled
 
 
 def test_calls_matched_by_id(shipper: Shipper, clock: MemoryReactorClock) -> None:
@@ -394,7 +411,7 @@ def test_call_fails_on_disconnect(shipper: Shipper, clock: MemoryReactorClock) -
     shipper.call("sessions.list").addErrback(failures.append)
     conn.lose()
     assert [f.type for f in failures] == [Unavailable, Unavailable]
-    assert clock.getDelayedCalls() == []
+    assert pending_timers(clock) == []
     clock.advance(CALL_TIMEOUT + 1)
     assert len(failures) == 2
 
@@ -479,7 +496,7 @@ def test_drained_fires_true_when_all_acked(shipper: Shipper, clock: MemoryReacto
     assert results == []
     conn.receive("ack", instance=shipper.instance, seq=2)
     assert results == [True]
-    assert clock.getDelayedCalls() == []
+    assert pending_timers(clock) == []
 
 
 def test_drained_false_on_timeout(shipper: Shipper, clock: MemoryReactorClock) -> None:

@@ -10,7 +10,7 @@ import hmac
 import json
 import re
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from capture.admin.events import EventStream
+from capture.flow import iso_time
 from capture.shipper import CallFailed, Shipper, Unavailable
 
 MAX_BODY = 64 * 1024
@@ -38,7 +39,7 @@ class AdminApi(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, shipper: Shipper, token: str, status: Callable[[], dict[str, Any]], proxy: Any) -> None:
+    def __init__(self, shipper: Shipper, token: str, status: Callable[[], Awaitable[dict[str, Any]]], proxy: Any) -> None:
         super().__init__()
         self._shipper = shipper
         self._proxy = proxy
@@ -121,7 +122,7 @@ class AdminApi(resource.Resource):
 
     async def _get_status(self, request: server.Request) -> tuple[int, Any]:
         """Status answers even when the session manager does not (frozen, overloaded)."""
-        status = self._status()
+        status = await self._status()
         manager_status = status["session_manager"]
         manager_status["responding"] = False
         if self._shipper.connected:
@@ -217,7 +218,9 @@ class AdminApi(resource.Resource):
 
 
     async def _list_passthrough(self, request: server.Request) -> tuple[int, Any]:
-        return 200, {"passthrough": self._status()["auto_passthrough"]}
+        table = self._proxy.auto_passthrough
+        return 200, {"passthrough": [{"client": client, "host": host, "since": iso_time(since)}
+                                     for (client, host), since in sorted(table.items())]}
 
     async def _reset_passthrough(self, request: server.Request) -> tuple[int, Any]:
         """Forget auto-passthrough hosts (all, or ?host= and/or ?client=) so they are intercepted again."""

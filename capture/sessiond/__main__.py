@@ -11,11 +11,11 @@ import argparse
 import os
 import sys
 
-from twisted.application.internet import TimerService
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
 
 from capture import config
+from capture.orphans import orphan_watch
 from capture.sessiond.server import SessionFactory, SessionManager
 from capture.sessiond.store import Store, StoreError
 
@@ -56,20 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
     listening.addCallbacks(lambda port: log.info("session manager listening on {path}", path=socket_path), failed)
 
-    parent = os.getppid()
-    orphan_watch = TimerService(1.0, _exit_if_orphaned, reactor, parent)
-    orphan_watch.clock = reactor
-    orphan_watch.startService()
+    orphan_watch(reactor).startService()
     reactor.addSystemEventTrigger("after", "shutdown", store.close)
     reactor.run()
     return 0
-
-
-def _exit_if_orphaned(reactor, parent: int) -> None:
-    """Stop when the supervising proxy process is gone (killed with -9, say)."""
-    if os.getppid() != parent and reactor.running:
-        log.warn("parent process {pid} is gone; stopping", pid=parent)
-        reactor.stop()
 
 
 if __name__ == "__main__":

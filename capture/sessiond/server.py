@@ -45,6 +45,7 @@ class SessionManager:
             "sessions.clear": store.clear,
             "sessions.delete": store.delete,
             "flows.list": self._list_flows,
+            "proxies": lambda: [proxy.stats for proxy in self.proxies if proxy.stats is not None],
             "sessions.stats": store.stats,
             "flows.get": store.get_flow,
             "flows.curl": exports.curl,
@@ -138,6 +139,7 @@ class SessionProtocol(Protocol):
         self._decoder = wire.Decoder()
         self._instance: str | None = None
         self.subscriptions: set[int] = set()
+        self.stats: dict[str, Any] | None = None  # the proxy process's last report of itself
 
     def connectionMade(self) -> None:
         self.manager.proxies.add(self)
@@ -180,6 +182,9 @@ class SessionProtocol(Protocol):
                 self._stream(message["id"], result)
             else:
                 self.transport.write(wire.encode("reply", id=message["id"], result=result))
+        elif kind == "stats":
+            data = message["data"]
+            self.stats = data if isinstance(data, dict) else None
         elif kind == "subscribe":
             self.subscriptions.add(int(message["session"]))
         elif kind == "unsubscribe":

@@ -1,0 +1,25 @@
+"""Child processes end themselves when the twistd process that started them is gone."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def exit_if_orphaned(reactor: Any, parent: int) -> None:
+    """Stop when the supervising twistd is gone (killed with -9, say), so no orphan lingers."""
+    if os.getppid() != parent and reactor.running:
+        log.warn("parent process {pid} is gone; stopping", pid=parent)
+        reactor.stop()
+
+
+def orphan_watch(reactor: Any) -> TimerService:
+    """A service that checks every second whether our parent is still there."""
+    watch = TimerService(1.0, exit_if_orphaned, reactor, os.getppid())
+    watch.clock = reactor
+    return watch
