@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twisted.logger import FileLogObserver, eventAsText, globalLogBeginner
 
 from capture import config
-from capture.orphans import orphan_watch
+from capture.child import log_to_stdout, orphan_watch
 from capture.tap import OrderedServices, ProxyPart, load_ca
 
 
@@ -34,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    observer = FileLogObserver(sys.stdout, lambda event: eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n")
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    log_to_stdout()
 
     services = OrderedServices()
     part = ProxyPart(settings, reactor, load_ca(settings), index=options.index, port=options.port)

@@ -30,6 +30,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+def pid_alive(pid: int) -> bool:
+    """Is the process there (a zombie only waits for its parent to reap it, so it counts as gone)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def child_env() -> dict[str, str]:
     """The environment for processes under test: this checkout's code first."""
     env = dict(os.environ)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, child_env, wait_for
+from conftest import REPO, child_env, pid_alive, wait_for
 from origin import pattern
 
 
@@ -22,16 +22,6 @@ def fetch(appliance, origin, path: str) -> None:
     with appliance.client() as client:
         response = client.get(f"{origin.url}{path}", timeout=30)
     assert response.status_code == 200
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is as good as gone: it only waits for its parent to reap it.
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(")")[-1].split()[0] != "Z"
 
 
 def test_first_start_creates_state_privately(appliance):

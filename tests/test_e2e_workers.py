@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from conftest import wait_for
+from conftest import pid_alive, wait_for
 from origin import pattern
 
 
@@ -40,13 +40,4 @@ def test_a_killed_worker_is_restarted_and_stop_ends_them_all(make_appliance, ori
     with appliance.client() as client:
         assert client.get(f"{origin.url}/bytes?n=5", timeout=10).content == pattern(5)
     appliance.stop()
-
-    def gone(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-
-    wait_for(lambda: gone(new_worker), 15)
+    wait_for(lambda: not pid_alive(new_worker), 15)

@@ -12,10 +12,10 @@ import os
 import sys
 
 from twisted.internet.endpoints import UNIXServerEndpoint
-from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
+from twisted.logger import Logger
 
 from capture import config
-from capture.orphans import orphan_watch
+from capture.child import log_to_stdout, orphan_watch
 from capture.sessiond.server import SessionFactory, SessionManager
 from capture.sessiond.store import Store, StoreError
 
@@ -34,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    # The supervising twistd prefixes each line with its own time and "[sessiond]".
-    observer = FileLogObserver(sys.stdout, lambda event: eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n")
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    log_to_stdout()
     try:
         store = Store(settings.store.database)
     except (StoreError, OSError) as e:

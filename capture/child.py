@@ -1,14 +1,23 @@
-"""Child processes end themselves when the twistd process that started them is gone."""
+"""What the processes twistd supervises share: their logging, and ending with their parent."""
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.application.internet import TimerService
-from twisted.logger import Logger
+from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
 
 log = Logger()
+
+
+def log_to_stdout() -> None:
+    """Plain lines on stdout: the supervising twistd prefixes each with its time and our name."""
+    observer = FileLogObserver(
+        sys.stdout, lambda event: eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n"
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def exit_if_orphaned(reactor: Any, parent: int) -> None:
