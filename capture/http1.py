@@ -38,8 +38,13 @@ REASONS = {
     501: b"Not Implemented",
     502: b"Bad Gateway",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
     508: b"Loop Detected",
 }
+
+
+class BadResponse(Exception):
+    """An origin's response the proxy will not relay: the client gets a 502."""
 
 
 class BadRequest(Exception):
@@ -120,11 +125,28 @@ def end_to_end(headers: Headers, keep: frozenset[bytes] = frozenset()) -> Header
     return [(n, v) for n, v in headers if n.lower() not in drop]
 
 
-def request_framing(headers: Headers) -> str:
+def forbidden_connection_options(headers: Headers) -> set[bytes]:
+    """Headers a Connection option names that frame the message or say where it goes.
+
+    Removing them as hop-by-hop would change how the next hop reads the
+    message (a smuggling trick), so a message naming them is refused.
+    """
+    return connection_tokens(headers) & {b"content-length", b"transfer-encoding", b"host"}
+
+
+def check_connection_options(headers: Headers) -> None:
+    named = forbidden_connection_options(headers)
+    if named:
+        raise BadRequest(f"Connection names {b', '.join(sorted(named)).decode()}, which must not be removed")
+
+
+def request_framing(headers: Headers, version: str = "1.1") -> str:
     """'length', 'chunked' or 'none' for a request, refusing ambiguous framing."""
     lengths = [v for n, v in headers if n.lower() == b"content-length"]
     encodings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
     if encodings:
+        if version == "1.0":
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)")
         if lengths:
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if b",".join(encodings).strip().lower() != b"chunked":
@@ -143,8 +165,11 @@ def response_framing(headers: Headers, status: int, head_request: bool) -> str:
         return "none"
     codings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
     if codings:
-        last = b",".join(codings).split(b",")[-1].strip().lower()
-        return "chunked" if last == b"chunked" else "close"
+        # Only a list that ends in one chunked frames the body; anything else cannot be relayed faithfully.
+        listed = [c.strip().lower() for c in b",".join(codings).split(b",")]
+        if listed[-1] != b"chunked" or listed.count(b"chunked") != 1:
+            raise BadResponse(f"unsupported Transfer-Encoding in the response: {b', '.join(listed).decode('latin-1')}")
+        return "chunked"
     for name, _ in headers:
         if name.lower() == b"content-length":
             return "length"
@@ -181,8 +206,8 @@ def response_head(version: bytes, status: int, reason: bytes, headers: Headers) 
     return b"\r\n".join(lines)
 
 
-def error_response(status: int, message: str, close: bool = True) -> bytes:
-    """A short plain-text response the proxy itself sends."""
+def error_response(status: int, message: str, close: bool = True, head: bool = False) -> bytes:
+    """A short plain-text response the proxy itself sends (no body for a HEAD request)."""
     body = message.encode("utf-8") + b"\n"
     headers = [
         (b"Content-Type", b"text/plain; charset=utf-8"),
@@ -190,7 +215,7 @@ def error_response(status: int, message: str, close: bool = True) -> bytes:
     ]
     if close:
         headers.append((b"Connection", b"close"))
-    return response_head(b"1.1", status, REASONS.get(status, b"Error"), headers) + body
+    return response_head(b"1.1", status, REASONS.get(status, b"Error"), headers) + (b"" if head else body)
 
 
 def chunk(data: bytes) -> list[bytes]:

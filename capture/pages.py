@@ -42,10 +42,10 @@ def onboarding(path: str, ca: CertificateAuthority, proxy_host: str, proxy_port:
     return None
 
 
-def as_response(page: Page | None) -> bytes:
-    """A whole HTTP response for the proxy to write (a 404 for no page)."""
+def as_response(page: Page | None, head: bool = False) -> bytes:
+    """A whole HTTP response for the proxy to write (a 404 for no page; no body for HEAD)."""
     if page is None:
-        return http1.error_response(404, "no such page on the capture appliance", close=False)
+        return http1.error_response(404, "no such page on the capture appliance", close=False, head=head)
     headers = [
         (b"Content-Type", page.content_type),
         (b"Content-Length", b"%d" % len(page.body)),
@@ -53,7 +53,7 @@ def as_response(page: Page | None) -> bytes:
     ]
     if page.filename:
         headers.append((b"Content-Disposition", b'inline; filename="%s"' % page.filename.encode("ascii")))
-    return http1.response_head(b"1.1", 200, b"OK", headers) + page.body
+    return http1.response_head(b"1.1", 200, b"OK", headers) + (b"" if head else page.body)
 
 
 def _index(ca: CertificateAuthority, proxy_host: str, proxy_port: int, magic_host: str) -> str:

@@ -231,6 +231,8 @@ class ProxyProtocol(Protocol):
         self._connect: bytes | None = None
         self._relay: Any = None  # after CONNECT: what the raw client bytes go to
         self._counted = False
+        self._feeding = False
+        self._refusal: tuple[int, str] | None = None  # a 400 owed after the exchange under way
         # Bounds on the request head being read (see [limits]).
         self._in_head = True
         self._head_bytes = 0
@@ -274,12 +276,18 @@ class ProxyProtocol(Protocol):
             return
         if self._in_head:
             # llhttp buffers a header value until its line ends: bound the raw bytes too.
-            self._head_bytes += len(data)
-            self._line_done = self._line_done or b"\n" in data
             limits = self.factory.limits
+            if not self._line_done:
+                end = data.find(b"\n")
+                self._line_done = end != -1 and self._head_bytes + end <= limits.max_request_line
+                if not self._line_done and self._head_bytes + len(data) > limits.max_request_line:
+                    self._refuse(414, "request line too long")
+                    return
+            self._head_bytes += len(data)
             if self._head_bytes > limits.max_header_bytes + limits.max_request_line:
-                self._refuse(431 if self._line_done else 414, "request head too large")
+                self._refuse(431, "request head too large")
                 return
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -296,6 +304,22 @@ class ProxyProtocol(Protocol):
                 self._refuse(500, "internal error in the proxy")
         except httptools.HttpParserError as e:
             self._refuse(400, f"malformed request: {e}")
+        else:
+            self._start_next()
+        finally:
+            self._feeding = False
+
+    def _start_next(self) -> None:
+        """Start the first waiting exchange, once the bytes read so far are all parsed.
+
+        Never from inside the parser: a request is only forwarded once the
+        whole read it arrived in has been checked, so a bad chunk or trailer
+        later in the same read stops it before it reaches the origin.
+        """
+        if self._exchanges and not self.closing:
+            first = self._exchanges[0]
+            if not first.started:
+                first.start()
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.closing = True
@@ -417,17 +441,21 @@ class ProxyProtocol(Protocol):
         size = self._url_bytes + sum(len(n) + len(v) + 4 for n, v in self._headers)
         if size > self.factory.limits.max_header_bytes:
             raise http1.BadRequest("request header fields too large", 431)
+        http1.check_connection_options(self._headers)
         parser = self._parser
+        version = parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            raise http1.BadRequest(f"HTTP/{version} is not supported here; use HTTP/1.1", 505)
         method = parser.get_method()
         if method == b"CONNECT":
             self._connect = b"".join(self._url)
             return  # the parser raises HttpParserUpgrade next
-        framing = http1.request_framing(self._headers)
+        framing = http1.request_framing(self._headers, version)
         exchange = Exchange(
             self,
             method,
             b"".join(self._url),
-            parser.get_http_version().encode("ascii"),
+            version.encode("ascii"),
             self._headers,
             framing,
             parser.should_keep_alive(),
@@ -436,8 +464,6 @@ class ProxyProtocol(Protocol):
         self._exchanges.append(exchange)
         if framing != "none":
             self._body_timer = self.factory.reactor.callLater(self.factory.limits.body_timeout, self._body_timed_out)
-        if len(self._exchanges) == 1:
-            exchange.start()
 
     def on_body(self, data: bytes) -> None:
         if self._body_timer is not None:
@@ -464,22 +490,37 @@ class ProxyProtocol(Protocol):
     def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None:
         if self._exchanges and self._exchanges[0] is exchange:
             self._exchanges.popleft()
-        if not keep_alive or (self.factory.draining and not self._exchanges):
+        if self._refusal is not None:  # a later request was bad: answer it now, in order
+            status, message = self._refusal
+            self._exchanges.clear()
+            self.transport.write(http1.error_response(status, message))
+            self.transport.loseConnection()
+            return
+        if not keep_alive or self.closing or (self.factory.draining and not self._exchanges):
             self.closing = True
             self._exchanges.clear()
             self.transport.loseConnection()
             return
         if self._exchanges:
-            self._exchanges[0].start()
+            if not self._feeding:
+                self._start_next()
         else:
             self._start_idle_timer()
         self.resume("busy")
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer with an error (unless a response is under way) and close."""
-        active = self._exchanges[0] if self._exchanges else None
-        self.closing = True
-        if active is None or not active.response_started:
+        """Answer a bad request with an error and close, after any earlier request's answer."""
+        self.closing = True  # read no further
+        first = self._exchanges[0] if self._exchanges else None
+        if first is not None and first is not self._parsing and first.request_complete and not first.finished:
+            # An earlier, valid request is (or can be) answered first; the error follows it.
+            while len(self._exchanges) > 1:
+                self._exchanges.pop()
+            self._refusal = (status, message)
+            if not first.started:
+                first.start()
+            return
+        if first is None or not first.response_started:
             self.transport.write(http1.error_response(status, message))
         self.transport.loseConnection()
 
@@ -529,6 +570,7 @@ class Exchange:
         self.framing = framing
         self.keep_alive = keep_alive
         self.start_time = factory.reactor.seconds()
+        self.started = False
         self.request_complete = False
         self.response_started = False
         self.finished = False
@@ -559,6 +601,7 @@ class Exchange:
 
     def start(self) -> None:
         """Our turn on the client connection: find the target and connect."""
+        self.started = True
         factory = self.proxy.factory
         tunnel = self.proxy.tunnel
         try:
@@ -679,10 +722,10 @@ class Exchange:
             # The chained proxy wants credentials we do not have: that is its failure, not the client's.
             self.upstream_failed(502, f"upstream proxy {self.upstream.via.name} refused the request: 407 {reason.decode('latin-1')}")
             return
+        framing = http1.response_framing(headers, status, self.method == b"HEAD")  # BadResponse: a 502
         self.response_started = True
         self._response_start = self.proxy.factory.reactor.seconds()
         self._status, self._reason, self._response_headers = status, reason, headers
-        framing = http1.response_framing(headers, status, self.method == b"HEAD")
         out = framing
         if framing == "chunked" and self.version != b"1.1":
             out = "close"  # an HTTP/1.0 client cannot read chunked
@@ -785,9 +828,11 @@ class Exchange:
         if host == magic and factory.ca is not None:
             here = self.proxy.transport.getHost()
             path = self.target.path if self.target is not None else self.raw_target.decode("latin-1")
-            response = pages.as_response(pages.onboarding(path, factory.ca, here.host, factory.proxy_port or here.port, magic))
+            page = pages.onboarding(path, factory.ca, here.host, factory.proxy_port or here.port, magic)
+            response = pages.as_response(page, head=self.method == b"HEAD")
         else:
-            response = http1.error_response(400, "this is an HTTP proxy: send absolute-form requests (curl -x)", close=False)
+            response = http1.error_response(400, "this is an HTTP proxy: send absolute-form requests (curl -x)",
+                                            close=False, head=self.method == b"HEAD")
         self.response_started = True
         self.proxy.transport.write(response)
         self._done(self.keep_alive and self.request_complete)
@@ -795,7 +840,7 @@ class Exchange:
     def _fail(self, status: int, message: str) -> None:
         """Answer the client with an error of our own and close the connection."""
         self.response_started = True
-        self.proxy.transport.write(http1.error_response(status, message))
+        self.proxy.transport.write(http1.error_response(status, message, head=self.method == b"HEAD"))
         self._status = status
         self._record(message, local_status=True)
         self._done(False)

@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from capture import http1
 from capture.tls import UpstreamTLS, VerificationFailed, ClientConnection, describe_tls_failure
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ class UpstreamProtocol(Protocol):
         self._complete = False
         self._head_request = False
         self._keep_alive = False
+        self._first_bytes: bytes | None = None
+        self._head_bytes = 0
+        self._header_count = 0
+        self._limits: Any = None
 
     @property
     def absolute_form(self) -> bool:
@@ -109,27 +114,50 @@ class UpstreamProtocol(Protocol):
         self._head_request = head_request
         self._head_seen = False
         self._complete = False
+        self._first_bytes = b""  # until the status line shows it is HTTP/1.x
+        self._head_bytes = 0
+        self._header_count = 0
+        self._limits = exchange.proxy.factory.limits
 
     # -- llhttp callbacks -----------------------------------------------------
+    # Once the final response is complete, whatever else the origin sent in
+    # the same read is ignored (and the connection not reused): it would
+    # otherwise reach the client as part of, or after, a finished answer.
 
     def on_message_begin(self) -> None:
+        if self._complete:
+            self.reusable = False
+            return
         self._reason = []
         self._headers = []
         self._head_seen = False
+        self._header_count = 0
 
     def on_status(self, reason: bytes) -> None:
-        self._reason.append(reason)
+        if not self._complete:
+            self._reason.append(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._complete:
+            return
+        self._header_count += 1
+        if self._header_count > self._limits.max_headers:
+            raise http1.BadResponse(f"more than {self._limits.max_headers} header lines in the response")
         if self._head_seen:
             self.exchange.response_trailer(name, value)
         else:
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._complete:
+            return
         self._head_seen = True
         status = self._parser.get_status_code()
         version = self._parser.get_http_version().encode("ascii")
+        if sum(len(n) + len(v) + 4 for n, v in self._headers) > self._limits.max_header_bytes:
+            raise http1.BadResponse("response head too large")
+        if http1.forbidden_connection_options(self._headers):
+            raise http1.BadResponse("the response's Connection header names its own framing headers")
         self.exchange.response_head(status, b"".join(self._reason), version, self._headers)
         if self._head_request and status >= 200:
             self._complete = True
@@ -142,7 +170,9 @@ class UpstreamProtocol(Protocol):
         self.exchange.response_body(data)
 
     def on_message_complete(self) -> None:
-        if self._parser.get_status_code() >= 200 and not self._complete:
+        if self._complete:
+            self.reusable = False
+        elif self._parser.get_status_code() >= 200:
             self._complete = True
             # llhttp only knows this inside the callback; it resets right after.
             self._keep_alive = self._parser.should_keep_alive()
@@ -158,17 +188,37 @@ class UpstreamProtocol(Protocol):
             self.reusable = False  # bytes nobody asked for
             self.transport.loseConnection()
             return
+        if self._first_bytes is not None:
+            # llhttp also takes RTSP/ICE status lines; a proxy must only relay HTTP/1.x.
+            self._first_bytes += data[:8]
+            if len(self._first_bytes) >= 7:
+                if not self._first_bytes.startswith(b"HTTP/1."):
+                    self._fail(exchange, "the origin did not answer with HTTP/1.x")
+                    return
+                self._first_bytes = None
+        if not self._head_seen:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self.reusable = False
-            exchange.upstream_failed(502, f"bad response from the origin: {_parser_message(e)}")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            if self._complete:  # junk after a finished answer: keep the answer, drop the connection
+                self.reusable = False
+            else:
+                self._fail(exchange, _response_problem(e))
+                return
+        if not self._head_seen and self._head_bytes > self._limits.max_header_bytes:
+            # llhttp holds an unfinished head in memory: bound it as we do requests'.
+            self._fail(exchange, "response head too large")
             return
         if self._complete:
             # Finish outside the parser, so the next exchange may start on this connection.
             self.reusable = self.reusable and self._keep_alive
             self.exchange = None
             exchange.response_end()
+
+    def _fail(self, exchange: Exchange, message: str) -> None:
+        self.reusable = False
+        exchange.upstream_failed(502, message)
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.reusable = False
@@ -192,6 +242,15 @@ class UpstreamProtocol(Protocol):
             if reason is not None and reason.check(SSL.Error):
                 return Failure(VerificationFailed(f"TLS handshake with {where} failed: {describe_tls_failure(reason)}"))
         return reason if reason is not None else Failure(error.ConnectionLost())
+
+
+def _response_problem(e: Exception) -> str:
+    if isinstance(e, httptools.HttpParserUpgrade):
+        return "the origin switched protocols, which was not asked for"
+    cause = e.__cause__ or e.__context__
+    if isinstance(e, httptools.HttpParserCallbackError) and not isinstance(cause, http1.BadResponse):
+        raise e  # a bug of ours, not the origin's: let it be logged
+    return f"bad response from the origin: {_parser_message(e)}"
 
 
 def _parser_message(e: Exception) -> str:

@@ -58,7 +58,7 @@ class Decoder:
             messages = list(self._unpacker)
         except msgpack.BufferFull:
             raise WireError("message larger than the frame limit") from None
-        except (ValueError, msgpack.UnpackException) as e:
+        except (ValueError, TypeError, msgpack.UnpackException) as e:  # TypeError: an unhashable map key
             raise WireError(f"malformed msgpack: {e}") from None
         for message in messages:
             if not isinstance(message, dict) or not isinstance(message.get("t"), str):

@@ -35,12 +35,8 @@ def load(index: str) -> list[dict[str, Any]]:
 
 
 def params(cases: list[dict[str, Any]]) -> list[Any]:
-    """One pytest param per case; a case with a known capture/ bug is a strict xfail."""
-    out = []
-    for case in cases:
-        marks = [pytest.mark.xfail(strict=True, reason=f"BUG: {case['bug']}")] if "bug" in case else []
-        out.append(pytest.param(case, id=case["file"].removesuffix(".http"), marks=marks))
-    return out
+    """One pytest param per case, named after its file."""
+    return [pytest.param(case, id=case["file"].removesuffix(".http")) for case in cases]
 
 
 REQUEST_CASES = load("requests.toml")
@@ -328,10 +324,6 @@ def test_bad_chunk_after_the_forwarded_head_is_400_and_smuggles_nothing(hostile_
     assert not [e for e in origin.log()[before:] if "smuggled" in e["path"]]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: capture/proxy.py ProxyProtocol._refuse writes its 400 at once when the "
-                   "exchange in progress has not started its response, so a malformed request pipelined behind a valid "
-                   "one is answered before it: the client takes the 400 for the answer to its valid request "
-                   "(responses out of order, RFC 9112 9.3.2)")
 def test_malformed_request_pipelined_behind_a_valid_one(hostile_appliance: Appliance, origin: Origin) -> None:
     """The valid request's answer comes first (or the connection closes unanswered); a 400 never takes its place."""
     authority = f"127.0.0.1:{origin.port}".encode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from capture.http1 import (
+    BadResponse,
     BadRequest,
     Target,
     chunk,
@@ -224,9 +225,11 @@ def test_response_framing_chunked_across_headers() -> None:
     assert response_framing(headers, 200, False) == "chunked"
 
 
-def test_response_framing_transfer_encoding_not_chunked_is_close() -> None:
-    """A transfer coding that does not end in chunked is read until close."""
-    assert response_framing([(b"Transfer-Encoding", b"chunked, gzip")], 200, False) == "close"
+def test_response_framing_refuses_codings_it_cannot_relay() -> None:
+    """A coding list not ending in one chunked (or chunked twice) is refused: the client would misread it."""
+    for codings in ([b"chunked, gzip"], [b"gzip"], [b"xchunked"], [b"chunked", b"chunked"]):
+        with pytest.raises(BadResponse):
+            response_framing([(b"Transfer-Encoding", c) for c in codings], 200, False)
 
 
 def test_response_framing_length_and_close() -> None:
