@@ -32,6 +32,7 @@ from capture.tunnel import Sniffer, TunnelTarget, describe_client_tls_failure, h
 from capture.upstream import UpstreamPool, UpstreamProtocol, Via, describe_connect_error
 
 REDACTED = b"[redacted]"
+CLOSE_TIMEOUT = 10.0
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "0.0.0.0", "::", socket.gethostname().lower()}
 
 
@@ -232,6 +233,8 @@ class ProxyProtocol(Protocol):
         self._relay: Any = None  # after CONNECT: what the raw client bytes go to
         self._counted = False
         self._feeding = False
+        self._lost = False
+        self._close_timer: Any = None
         self._refusal: tuple[int, str] | None = None  # a 400 owed after the exchange under way
         # Bounds on the request head being read (see [limits]).
         self._in_head = True
@@ -262,7 +265,7 @@ class ProxyProtocol(Protocol):
             self.factory.refused += 1
             self.closing = True
             self.transport.write(http1.error_response(403, "this proxy does not serve your address"))
-            self.transport.loseConnection()
+            self._close()
             return
         self.transport.setTcpNoDelay(True)
         self._parser = httptools.HttpRequestParser(self)
@@ -323,11 +326,12 @@ class ProxyProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.closing = True
+        self._lost = True
         if self._counted:
             self._counted = False
             self.factory.connections -= 1
             self.factory.clients.discard(self)
-        for timer in (self._idle, self.handshake_timer, self._head_timer, self._body_timer):
+        for timer in (self._idle, self.handshake_timer, self._head_timer, self._body_timer, self._close_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         if self._relay is not None:
@@ -342,7 +346,7 @@ class ProxyProtocol(Protocol):
         """Shutting down: close now if nothing is under way, else after the exchange."""
         if self._relay is None and not self._exchanges and not self.closing:
             self.closing = True
-            self.transport.loseConnection()
+            self._close()
 
     # -- tunnels ------------------------------------------------------------------
 
@@ -494,12 +498,12 @@ class ProxyProtocol(Protocol):
             status, message = self._refusal
             self._exchanges.clear()
             self.transport.write(http1.error_response(status, message))
-            self.transport.loseConnection()
+            self._close()
             return
         if not keep_alive or self.closing or (self.factory.draining and not self._exchanges):
             self.closing = True
             self._exchanges.clear()
-            self.transport.loseConnection()
+            self._close()
             return
         if self._exchanges:
             if not self._feeding:
@@ -522,7 +526,22 @@ class ProxyProtocol(Protocol):
             return
         if first is None or not first.response_started:
             self.transport.write(http1.error_response(status, message))
+        self._close()
+
+    def _close(self) -> None:
+        """Close after what was written; reading resumes first, since a TLS close needs the peer's reply.
+
+        A connection paused while its exchange ran would otherwise never read
+        the client's close_notify and sit in CLOSE-WAIT for ever; and one that
+        does not close within CLOSE_TIMEOUT is aborted.
+        """
+        self.closing = True
+        if self._paused:
+            self._paused.clear()
+            self.transport.resumeProducing()
         self.transport.loseConnection()
+        if self._close_timer is None and not self._lost:
+            self._close_timer = self.factory.reactor.callLater(CLOSE_TIMEOUT, self.transport.abortConnection)
 
     def _head_timed_out(self) -> None:
         if self._in_head and not self.closing:
@@ -545,7 +564,7 @@ class ProxyProtocol(Protocol):
     def _idle_expired(self) -> None:
         if not self._exchanges:
             self.closing = True
-            self.transport.loseConnection()
+            self._close()
 
 
 class Exchange:

@@ -291,3 +291,12 @@ def test_damaged_ca_stops_start_up_with_one_line(make_appliance, tmp_path):
     output = (result.stdout + result.stderr).strip()
     assert "ca.pem" in output and "Traceback" not in output
     assert ca_pem.read_bytes() == b"not a certificate"
+
+
+def test_connections_close_after_an_error_inside_a_tunnel(https_appliance, tls_origins):
+    """After a 502 inside an intercepted tunnel the connection really closes: none is left open."""
+    appliance = https_appliance
+    for _ in range(3):
+        result = curl(appliance, "-w", "\n%{http_code}", f"https://localhost:{tls_origins['unknown_issuer'].port}/")
+        assert result.stdout.endswith(b"\n502")
+    wait_for(lambda: appliance.status()["client_connections"] == 0, 10)

@@ -372,3 +372,14 @@ def test_magic_host_page_keeps_the_connection_alive():
     proxy.dataReceived(b"GET http://capture.proxy/ca.der HTTP/1.1\r\nHost: capture.proxy\r\n\r\n")
     assert client.value().count(b"HTTP/1.1 200 OK") == 2
     assert client.value().endswith(b"DER") and not client.disconnecting and not pool.connections
+
+
+def test_closing_resumes_reading_and_aborts_a_connection_that_will_not_close():
+    """A connection paused during its exchange reads again to close (TLS needs it), and is aborted if stuck."""
+    proxy, client, pool, _, clock = make_proxy()
+    proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert client.producerState == "paused"  # reading stops while the exchange runs
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+    assert client.disconnecting and client.producerState == "producing"
+    clock.advance(10.5)
+    assert getattr(client, "aborted", False)
