@@ -26,6 +26,7 @@ Nesting by parentheses and ``!`` is bounded by :data:`MAX_DEPTH`.
 
 from __future__ import annotations
 
+import abc
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -81,16 +82,18 @@ class FilterError(ValueError):
         self.position = position
 
 
-class Filter:
+class Filter(abc.ABC):
     """A parsed filter (one node of the tree): call it with a flow."""
 
     __slots__ = ()
 
+    @abc.abstractmethod
     def __call__(self, flow: Flow) -> bool:
-        raise NotImplementedError
+        """Does the flow match?"""
 
+    @abc.abstractmethod
     def __str__(self) -> str:
-        raise NotImplementedError
+        """The expression again, in a form parse() reads back to the same filter."""
 
 
 @dataclass(frozen=True, slots=True)

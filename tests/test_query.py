@@ -149,6 +149,9 @@ def test_unknown_nodes_stay_residual():
         def __call__(self, flow):
             return True
 
+        def __str__(self):
+            return "~custom"
+
     node = Custom()
     assert translate(node) == Query("1", (), node)
     assert translate(And(StatusCode(200), node)) == Query("(f.status = ?)", (200,), node)
