@@ -9,7 +9,18 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
 
+from capture import config
+
 log = Logger()
+
+
+def load_settings(name: str, path: str) -> config.Settings:
+    """The config, or one line on stderr and exit status 2: the supervising twistd logs it."""
+    try:
+        return config.load(path)
+    except config.ConfigError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def log_to_stdout() -> None:

@@ -596,6 +596,7 @@ class Exchange:
         self.upstream: UpstreamProtocol | None = None
         self.target: http1.Target | None = None
         self._absolute = False  # absolute-form target: Host comes from it
+        self._server_ip = ""
         self._local = False  # answered by the proxy itself, once the request is in
         self._pending: list[bytes | None] | None = []  # request body waiting for the upstream
         self._request_trailers: list[tuple[bytes, bytes]] = []
@@ -916,7 +917,7 @@ class Exchange:
             response_start=self._response_start,
             end=now,
             error=error if not local_status else f"{self._status} {error}",
-            server_ip=getattr(self, "_server_ip", ""),
+            server_ip=self._server_ip,
         )
         self.proxy.factory.record(candidates, flow)
 

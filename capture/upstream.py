@@ -317,12 +317,6 @@ class UpstreamPool:
         self._idle_count += 1
         protocol.on_lost = self._forget
 
-    def close_all(self) -> None:
-        for idle in list(self._idle.values()):
-            for protocol, timer in list(idle):
-                timer.cancel()
-                protocol.transport.loseConnection()
-
     def _forget(self, protocol: UpstreamProtocol) -> None:
         idle = self._idle.get(protocol.key, [])
         for i, (candidate, timer) in enumerate(idle):

@@ -13,8 +13,7 @@ import argparse
 import sys
 
 
-from capture import config
-from capture.child import log_to_stdout, orphan_watch
+from capture.child import load_settings, log_to_stdout, orphan_watch
 from capture.tap import OrderedServices, ProxyPart, load_ca
 
 
@@ -25,11 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True, help="the proxy port the main process bound")
     parser.add_argument("--admin-port", type=int, default=0, help="the admin port, refused as a target")
     options = parser.parse_args(argv)
-    try:
-        settings = config.load(options.config)
-    except config.ConfigError as e:
-        print(f"worker: {e}", file=sys.stderr)
-        return 2
+    settings = load_settings("worker", options.config)
 
     from twisted.internet import reactor
 

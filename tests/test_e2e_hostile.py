@@ -11,7 +11,6 @@ import msgpack
 import pytest
 import requests
 
-from conftest import wait_for
 from origin import pattern
 
 
@@ -89,27 +88,34 @@ def test_garbage_after_connect_is_a_recorded_tunnel(strict, origin):
     assert still_serving(strict, origin)
 
 
-@pytest.mark.parametrize("frame", [
-    b"\xc1\xc1\xc1",                                              # bytes msgpack never uses
-    msgpack.packb({"t": "launch-missiles", "v": 1}),              # an unknown message type
-    msgpack.packb([1, 2, 3]),                                     # not a map
-    msgpack.packb({"t": "flows", "v": 99, "items": []}),          # an unknown version
-    b"\xc6\x7f\xff\xff\xff" + b"x" * 70000,                       # a 2 GiB frame announced
-])
-def test_bad_wire_frames_drop_that_connection_only(appliance, origin, frame):
+BAD_FRAMES = {
+    "not-msgpack": lambda: b"\xc1\xc1\xc1",                            # bytes msgpack never uses
+    "unknown-type": lambda: msgpack.packb({"t": "launch-missiles", "v": 1}),
+    "not-a-map": lambda: msgpack.packb([1, 2, 3]),
+    "unknown-version": lambda: msgpack.packb({"t": "flows", "v": 99, "items": []}),
+    # 2 GiB announced, and more than the 64 MiB frame limit actually sent
+    "oversized": lambda: b"\xc6\x7f\xff\xff\xff" + b"x" * (65 * 1024 * 1024),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FRAMES)
+def test_bad_wire_frames_drop_that_connection_only(appliance, origin, name):
     """A bad frame on the UNIX socket drops that connection, is logged once, and the store keeps serving."""
     session = appliance.new_session()
     path = str(appliance.var / "run" / "sessiond.sock")
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(path)
-        sock.sendall(frame)
-        assert closed_within(sock, 10) or frame.startswith(b"\xc6")
+        try:
+            sock.sendall(BAD_FRAMES[name]())
+        except OSError:
+            pass  # dropped while we were still sending: what the oversized frame should get
+        assert closed_within(sock, 10)
     with appliance.client() as client:
         client.get(f"{origin.url}/bytes?n=1", timeout=10)
     assert appliance.wait_for_flows(session["id"], 1)
     assert appliance.status()["session_manager"]["restarts"] == 0
-    assert len(re.findall(r"dropping proxy connection after a bad message", appliance.log_text())) <= 1
+    assert len(re.findall(r"dropping proxy connection after a bad message", appliance.log_text())) == 1
 
 
 def _routes(appliance) -> list[tuple[str, str]]:

@@ -8,9 +8,7 @@ import socket
 import subprocess
 import threading
 
-import pytest
 
-from conftest import wait_for
 from origin import pattern, pattern_sha256
 
 

@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from conftest import REPO, child_env, pid_alive, wait_for
-from origin import pattern
 
 
 # twistd re-raises the signal that stopped it, so a clean SIGTERM exit reads as -15.

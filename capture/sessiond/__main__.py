@@ -14,8 +14,7 @@ import sys
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.logger import Logger
 
-from capture import config
-from capture.child import log_to_stdout, orphan_watch
+from capture.child import load_settings, log_to_stdout, orphan_watch
 from capture.sessiond.server import SessionFactory, SessionManager
 from capture.sessiond.store import Store, StoreError
 
@@ -26,11 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m capture.sessiond", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="etc/capture.ini", help="the appliance's INI file")
     options = parser.parse_args(argv)
-    try:
-        settings = config.load(options.config)
-    except config.ConfigError as e:
-        print(f"sessiond: {e}", file=sys.stderr)
-        return 2
+    settings = load_settings("sessiond", options.config)
 
     from twisted.internet import reactor
 

@@ -8,6 +8,7 @@ session change pushes fresh rules to every connected proxy.
 from __future__ import annotations
 
 import sqlite3
+from functools import partial
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -79,10 +80,11 @@ class SessionManager:
         """Sessions some admin client follows live."""
         return set().union(*(proxy.subscriptions for proxy in self.proxies)) if self.proxies else set()
 
-    def flow_stored(self, flow_id: int, session_ids: list[int], flow: Flow) -> None:
+    def flow_stored(self, watched: set[int], flow_id: int, session_ids: list[int], flow: Flow) -> None:
+        """One event per followed session the new flow belongs to (watched: computed once per batch)."""
         summary = None
         for session_id in session_ids:
-            if session_id in self.watched():
+            if session_id in watched:
                 summary = summary or {"id": flow_id, **flow.summary()}
                 self.publish(session_id, "flow", summary)
 
@@ -168,7 +170,7 @@ class SessionProtocol(Protocol):
             # A proxy may replay an earlier instance's flows from its spill file.
             instance = str(message["instance"])
             watched = self.manager.watched()
-            on_stored = self.manager.flow_stored if watched else None
+            on_stored = partial(self.manager.flow_stored, watched) if watched else None
             last = self.manager.store.ingest(instance, [tuple(item) for item in message["items"]], on_stored)
             self.transport.write(wire.encode("ack", instance=instance, seq=last))
         elif kind == "call":

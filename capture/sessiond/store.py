@@ -36,8 +36,6 @@ from capture.sessiond import query
 
 SCHEMA_VERSION = 3
 
-STATES = ("capturing", "paused", "stopped")
-
 MAX_NAME = 200
 MAX_PAGE = 1000
 
