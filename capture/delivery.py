@@ -28,32 +28,19 @@ log = Logger()
 
 
 class Item:
-    """One flow waiting for delivery; ``wire`` is filled lazily from ``flow``."""
+    """One flow waiting for delivery, already packed (``Flow.pack``)."""
 
-    __slots__ = ("instance", "seq", "sessions", "flow", "_wire", "size")
+    __slots__ = ("instance", "seq", "sessions", "flow", "size")
 
-    def __init__(self, instance: str, seq: int, sessions: list[int], flow: Flow | None = None,
-                 wire: dict[str, Any] | None = None) -> None:
+    def __init__(self, instance: str, seq: int, sessions: list[int], flow: bytes) -> None:
         self.instance = instance
         self.seq = seq
         self.sessions = sessions
         self.flow = flow
-        self._wire = wire
-        if flow is not None:
-            response = flow.response
-            self.size = 1024 + len(flow.request.body) + (len(response.body) if response else 0)
-        else:
-            request, response = wire["request"], wire["response"]
-            self.size = 1024 + len(request["body"]) + (len(response["body"]) if response else 0)
-
-    @property
-    def wire(self) -> dict[str, Any]:
-        if self._wire is None:
-            self._wire = self.flow.to_wire()
-        return self._wire
+        self.size = 64 + len(flow)
 
     def record(self) -> list[Any]:
-        return [self.instance, self.seq, self.sessions, self.wire]
+        return [self.instance, self.seq, self.sessions, self.flow]
 
 
 class SpillFile:
@@ -173,8 +160,10 @@ class SpillFile:
 
 
 def _item(record: Any) -> Item:
-    instance, seq, sessions, wire = record
-    return Item(str(instance), int(seq), list(sessions), wire=wire)
+    instance, seq, sessions, flow = record
+    if not isinstance(flow, bytes):  # an earlier release spilled the flow as a map: pack it as it is
+        flow = msgpack.packb(flow, use_bin_type=True)
+    return Item(str(instance), int(seq), list(sessions), flow)
 
 
 class DeliveryQueue:
@@ -211,7 +200,7 @@ class DeliveryQueue:
         return self.in_memory + self.spilled
 
     def add(self, flow: Flow, sessions: list[int]) -> None:
-        item = Item(self.instance, self._next_seq, sessions, flow)
+        item = Item(self.instance, self._next_seq, sessions, flow.pack())
         self._next_seq += 1
         self._unsent.append(item)
         self.memory_bytes += item.size

@@ -1,24 +1,33 @@
-"""The flow record: one captured exchange, and its versioned wire form.
+"""The flow record: one captured exchange, and its packed, versioned form.
 
-A flow is built by the proxy when an exchange ends, shipped to the session
-manager as a plain dict (msgpack), stored, and read back by the admin API,
-the filter language and the exporters.  Everything here is pure data.
+A flow is built by the proxy when an exchange ends and packed once into
+bytes (``Flow.pack``); those bytes are queued, shipped to the session
+manager and stored as they are, and read back (``Flow.unpack``) by the
+admin API, the filter language and the exporters.  Everything here is pure
+data.
+
+The packed form (version 2) is a msgpack array ``[2, *fields]`` in the
+order of ``Flow``'s fields, each message an array ``[headers, body, size,
+truncated]``: named tuples pack to exactly that, with no per-flow dict to
+build, which is what keeps recording cheap on the proxy's hot path.
+Version 1 was a msgpack map; ``unpack`` still reads it, for databases and
+spill files written by earlier releases.
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
-WIRE_VERSION = 1
+import msgpack
+
+WIRE_VERSION = 2
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One side of an exchange as captured.
 
     ``body`` holds at most ``max_capture_body`` bytes; ``size`` is the true
@@ -38,16 +47,19 @@ class Message:
                 return value.decode("latin-1")
         return None
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "headers": [list(pair) for pair in self.headers],
-            "body": self.body,
-            "size": self.size,
-            "truncated": self.truncated,
-        }
+    @classmethod
+    def _unpacked(cls, data: Any) -> Message:
+        """A message from its version 2 array, checked field by field."""
+        headers, body, size, truncated = data
+        if not (type(headers) is tuple and type(body) is bytes and type(size) is int and type(truncated) is bool):
+            raise ValueError("malformed message")
+        for pair in headers:
+            if not (type(pair) is tuple and len(pair) == 2 and type(pair[0]) is bytes and type(pair[1]) is bytes):
+                raise ValueError("malformed header")
+        return cls(headers, body, size, truncated)
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Message:
+    def _from_v1(cls, data: dict[str, Any]) -> Message:
         return cls(
             headers=tuple((_bytes(k), _bytes(v)) for k, v in data["headers"]),
             body=_bytes(data["body"]),
@@ -56,8 +68,7 @@ class Message:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Flow:
+class Flow(NamedTuple):
     """A completed (or failed) exchange between a client and a server.
 
     Times are seconds since the epoch; a phase that never happened is None.
@@ -73,7 +84,7 @@ class Flow:
     method: str
     path: str
     http_version: str = "1.1"
-    request: Message = field(default_factory=Message)
+    request: Message = Message()
     status: int = 0
     reason: str = ""
     response: Message | None = None
@@ -156,35 +167,49 @@ class Flow:
             },
         }
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "v": WIRE_VERSION,
-            "kind": self.kind,
-            "client": self.client,
-            "client_port": self.client_port,
-            "scheme": self.scheme,
-            "host": self.host,
-            "port": self.port,
-            "method": self.method,
-            "path": self.path,
-            "http_version": self.http_version,
-            "request": self.request.to_wire(),
-            "status": self.status,
-            "reason": self.reason,
-            "response": None if self.response is None else self.response.to_wire(),
-            "start": self.start,
-            "request_done": self.request_done,
-            "response_start": self.response_start,
-            "end": self.end,
-            "error": self.error,
-            "server_ip": self.server_ip,
-        }
+    def pack(self) -> bytes:
+        """The packed form (version 2): what is queued, shipped and stored."""
+        return msgpack.packb((WIRE_VERSION, *self), use_bin_type=True)
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Flow:
-        """Rebuild a flow; raises ValueError for a form we cannot read."""
-        if not isinstance(data, dict) or data.get("v") != WIRE_VERSION:
-            raise ValueError("unsupported flow wire version")
+    def unpack(cls, record: bytes) -> Flow:
+        """Read a packed flow of version 2 or 1; raises ValueError for anything else."""
+        if type(record) is not bytes:
+            raise ValueError("a flow record must be bytes")
+        try:
+            data = msgpack.unpackb(record, raw=False, use_list=False, strict_map_key=False)
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
+            raise ValueError(f"malformed flow record: {e}") from None
+        if isinstance(data, dict):
+            return cls._from_v1(data)
+        if type(data) is not tuple or len(data) != 1 + len(cls._fields) or data[0] != WIRE_VERSION:
+            raise ValueError("unsupported flow record version")
+        (_, client, client_port, scheme, host, port, method, path, http_version, request, status, reason,
+         response, start, request_done, response_start, end, error, server_ip, kind) = data
+        if not (
+            type(client) is str and type(client_port) is int and type(scheme) is str and type(host) is str
+            and type(port) is int and type(method) is str and type(path) is str and type(http_version) is str
+            and type(request) is tuple and type(status) is int and type(reason) is str
+            and (response is None or type(response) is tuple) and type(error) is str
+            and type(server_ip) is str and type(kind) is str
+        ):
+            raise ValueError("malformed flow record")
+        try:
+            return cls(
+                client, client_port, scheme, host, port, method, path, http_version,
+                Message._unpacked(request), status, reason,
+                None if response is None else Message._unpacked(response),
+                _time(start), _optional_time(request_done), _optional_time(response_start), _optional_time(end),
+                error, server_ip, kind,
+            )
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"malformed flow record: {e}") from None
+
+    @classmethod
+    def _from_v1(cls, data: dict[str, Any]) -> Flow:
+        """A flow from the version 1 map, as releases before the packed form wrote it."""
+        if data.get("v") != 1:
+            raise ValueError("unsupported flow record version")
         try:
             response = data["response"]
             return cls(
@@ -197,10 +222,10 @@ class Flow:
                 method=str(data["method"]),
                 path=str(data["path"]),
                 http_version=str(data["http_version"]),
-                request=Message.from_wire(data["request"]),
+                request=Message._from_v1(data["request"]),
                 status=int(data["status"]),
                 reason=str(data["reason"]),
-                response=None if response is None else Message.from_wire(response),
+                response=None if response is None else Message._from_v1(response),
                 start=float(data["start"]),
                 request_done=_optional_float(data["request_done"]),
                 response_start=_optional_float(data["response_start"]),
@@ -240,6 +265,16 @@ def _bytes(value: Any) -> bytes:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _time(value: Any) -> float:
+    if type(value) is float or type(value) is int:
+        return float(value)
+    raise ValueError("a time must be a number")
+
+
+def _optional_time(value: Any) -> float | None:
+    return None if value is None else _time(value)
 
 
 def iso_time(seconds: float) -> str:

@@ -214,7 +214,7 @@ class Shipper:
             batch = queue.next_batch(BATCH_ITEMS)
             if not batch:
                 break
-            items = [[item.seq, item.sessions, item.wire] for item in batch]
+            items = [[item.seq, item.sessions, item.flow] for item in batch]
             protocol.send(wire.encode("flows", instance=batch[0].instance, items=items))
 
     def _notify_drained(self) -> None:

@@ -7,7 +7,7 @@ returns messages, so it is tested without sockets.
 
 Message types (``t``), proxy -> session manager:
     hello   {instance, pid}              first message on a connection
-    flows   {instance, items}            items: [[seq, [session ids], flow], ...]
+    flows   {instance, items}            items: [[seq, [session ids], packed flow], ...]
     call    {id, method, args}           a request/reply call for the admin API
     subscribe / unsubscribe {session}    live events of a session wanted or not
     stats   {instance, data}             the proxy process's counters, every second

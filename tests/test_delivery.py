@@ -13,6 +13,9 @@ def flow(n: int, body: int = 0) -> Flow:
                 path=f"/{n}", request=Message(body=b"x" * body, size=body), start=float(n))
 
 
+SIZE = 64 + len(flow(0).pack())  # what one small flow counts against the limits
+
+
 def drain(queue: DeliveryQueue, ack: bool = True) -> list[tuple[str, int]]:
     """Send everything in batches of 3, acknowledging each batch; (instance, seq) in sending order."""
     sent = []
@@ -29,7 +32,7 @@ def drain(queue: DeliveryQueue, ack: bool = True) -> list[tuple[str, int]]:
 
 def test_memory_only_queue_drops_oldest_past_the_limit():
     """Without a spill file, flows past memory_limit are dropped oldest first and counted."""
-    queue = DeliveryQueue("a", memory_limit=3 * 1024)
+    queue = DeliveryQueue("a", memory_limit=3 * SIZE)
     for n in range(5):
         queue.add(flow(n), [1])
     assert queue.dropped == 2
@@ -39,7 +42,7 @@ def test_memory_only_queue_drops_oldest_past_the_limit():
 def test_spill_keeps_every_flow_in_order(tmp_path):
     """Past memory_limit flows go to disk; sending order stays by sequence number."""
     spill = SpillFile(str(tmp_path / "spill"))
-    queue = DeliveryQueue("a", memory_limit=2 * 1024, spill=spill, spill_limit=10**9)
+    queue = DeliveryQueue("a", memory_limit=2 * SIZE, spill=spill, spill_limit=10**9)
     for n in range(10):
         queue.add(flow(n), [1])
     assert queue.spilled == 8 and queue.in_memory == 2 and queue.pending == 10
@@ -50,7 +53,7 @@ def test_spill_keeps_every_flow_in_order(tmp_path):
 
 def test_resend_goes_before_spilled_and_new_flows(tmp_path):
     """After a disconnect, unacknowledged flows go first, then the spill, then the newest."""
-    queue = DeliveryQueue("a", memory_limit=3 * 1024, spill=SpillFile(str(tmp_path / "s")), spill_limit=10**9)
+    queue = DeliveryQueue("a", memory_limit=3 * SIZE, spill=SpillFile(str(tmp_path / "s")), spill_limit=10**9)
     for n in range(3):
         queue.add(flow(n), [1])
     first = queue.next_batch(2)
@@ -63,7 +66,7 @@ def test_resend_goes_before_spilled_and_new_flows(tmp_path):
 
 def test_spill_limit_drops_the_oldest_spilled(tmp_path):
     """When the spill file passes spill_limit, its oldest flows are dropped and counted."""
-    queue = DeliveryQueue("a", memory_limit=1024, spill=SpillFile(str(tmp_path / "s")), spill_limit=3000)
+    queue = DeliveryQueue("a", memory_limit=SIZE, spill=SpillFile(str(tmp_path / "s")), spill_limit=3000)
     for n in range(20):
         queue.add(flow(n, body=500), [1])
     assert queue.dropped > 0
@@ -75,7 +78,7 @@ def test_spill_limit_drops_the_oldest_spilled(tmp_path):
 def test_persist_then_restart_ships_the_old_instance_first(tmp_path):
     """At shutdown what is left goes to the spill file; a new instance ships it first, in order."""
     path = str(tmp_path / "s")
-    old = DeliveryQueue("old", memory_limit=2 * 1024, spill=SpillFile(path), spill_limit=10**9)
+    old = DeliveryQueue("old", memory_limit=2 * SIZE, spill=SpillFile(path), spill_limit=10**9)
     for n in range(6):
         old.add(flow(n), [1])
     in_flight = old.next_batch(2)

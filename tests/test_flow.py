@@ -1,9 +1,8 @@
-"""Tests for capture.flow: the flow record, its wire form and its API forms."""
+"""Tests for capture.flow: the flow record, its packed form and its API forms."""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import re
 
 import msgpack
@@ -46,102 +45,142 @@ def make_flow(**overrides) -> Flow:
     return Flow(**values)
 
 
-# -- wire form -------------------------------------------------------------------
+# -- packed form -----------------------------------------------------------------
 
 
-def test_wire_round_trip_through_msgpack() -> None:
-    """to_wire -> msgpack -> from_wire gives back an equal flow, bytes kept as bytes."""
+def _v1_map(flow: Flow) -> dict:
+    """The version 1 map form that releases before the packed form wrote (to test reading it)."""
+    def message(m: Message) -> dict:
+        return {"headers": [list(pair) for pair in m.headers], "body": m.body, "size": m.size,
+                "truncated": m.truncated}
+    return {
+        "v": 1, "kind": flow.kind, "client": flow.client, "client_port": flow.client_port,
+        "scheme": flow.scheme, "host": flow.host, "port": flow.port, "method": flow.method,
+        "path": flow.path, "http_version": flow.http_version, "request": message(flow.request),
+        "status": flow.status, "reason": flow.reason,
+        "response": None if flow.response is None else message(flow.response),
+        "start": flow.start, "request_done": flow.request_done, "response_start": flow.response_start,
+        "end": flow.end, "error": flow.error, "server_ip": flow.server_ip,
+    }
+
+
+def _fields(flow: Flow) -> list:
+    """The packed form as a mutable list, to spoil one field at a time."""
+    return list(msgpack.unpackb(flow.pack(), raw=False))
+
+
+def test_pack_round_trip() -> None:
+    """pack -> unpack gives back an equal flow, bytes kept as bytes."""
     flow = make_flow(
         request=Message(headers=((b"X-Bin", b"\xff\x00"),), body=b"\x00\x01\xfe", size=3, truncated=True),
     )
-    packed = msgpack.packb(flow.to_wire(), use_bin_type=True)
-    back = Flow.from_wire(msgpack.unpackb(packed, raw=False))
+    back = Flow.unpack(flow.pack())
     assert back == flow
     assert back.request.headers == ((b"X-Bin", b"\xff\x00"),)
     assert back.request.body == b"\x00\x01\xfe"
     assert back.request.truncated is True
 
 
-def test_wire_round_trip_without_response() -> None:
+def test_packed_form_is_a_versioned_array() -> None:
+    """Version first, then the fields in Flow's order, messages as arrays."""
+    flow = make_flow()
+    fields = _fields(flow)
+    assert fields[0] == WIRE_VERSION == 2
+    assert len(fields) == 1 + len(Flow._fields)
+    assert fields[1 + Flow._fields.index("host")] == flow.host
+    assert fields[1 + Flow._fields.index("request")][1] == flow.request.body
+
+
+def test_pack_round_trip_without_response() -> None:
     """A failed flow (no response, error text, unset times) survives the round trip."""
     flow = make_flow(status=0, reason="", response=None, response_start=None, end=None, error="connect refused")
-    wire_form = flow.to_wire()
-    assert wire_form["response"] is None
-    assert wire_form["v"] == WIRE_VERSION
-    back = Flow.from_wire(msgpack.unpackb(msgpack.packb(wire_form, use_bin_type=True), raw=False))
+    back = Flow.unpack(flow.pack())
     assert back == flow
     assert back.response is None
     assert back.end is None
 
 
-def test_wire_round_trip_tunnel() -> None:
+def test_pack_round_trip_tunnel() -> None:
     """The kind of a tunnel flow is kept."""
     flow = make_flow(kind="tunnel", method="CONNECT", path="", response=None)
-    assert Flow.from_wire(flow.to_wire()).kind == "tunnel"
+    assert Flow.unpack(flow.pack()).kind == "tunnel"
 
 
-@pytest.mark.parametrize("version", [2, 0, None])
-def test_from_wire_rejects_wrong_version(version: object) -> None:
-    """A wire form with another (or no) version is refused with ValueError."""
-    data = make_flow().to_wire()
-    if version is None:
-        del data["v"]
-    else:
-        data["v"] = version
+def test_unpack_reads_version_1_maps() -> None:
+    """Records stored or spilled by earlier releases (a map) still read back equal."""
+    for flow in (make_flow(), make_flow(response=None, end=None, error="refused")):
+        assert Flow.unpack(msgpack.packb(_v1_map(flow), use_bin_type=True)) == flow
+
+
+@pytest.mark.parametrize("version", [3, 0, None])
+def test_unpack_rejects_wrong_version(version: object) -> None:
+    """A record of another (or no) version is refused with ValueError."""
+    fields = _fields(make_flow())
+    fields[0] = version
     with pytest.raises(ValueError, match="version"):
-        Flow.from_wire(data)
+        Flow.unpack(msgpack.packb(fields, use_bin_type=True))
+    old = _v1_map(make_flow())
+    old["v"] = version
+    with pytest.raises(ValueError, match="version"):
+        Flow.unpack(msgpack.packb(old, use_bin_type=True))
 
 
-def test_from_wire_rejects_non_dict() -> None:
-    """Something that is not a map is refused with ValueError."""
+@pytest.mark.parametrize("record", [b"", b"\xc1", b"\x93\x01\x02\x03", b"\x02", "text", None,
+                                    msgpack.packb([2, 1]) + b"extra"])
+def test_unpack_rejects_what_is_not_a_record(record: object) -> None:
+    """Empty, invalid, short, trailing bytes or not bytes at all: ValueError, never another error."""
     with pytest.raises(ValueError):
-        Flow.from_wire([1, 2, 3])  # type: ignore[arg-type]
+        Flow.unpack(record)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("host", None), ("port", "eighty"), ("port", 1.5), ("status", True), ("start", "now"), ("end", "later"),
+    ("request", [[], b"", 0]), ("request", "x"), ("response", 5), ("kind", 1), ("server_ip", b"1.2.3.4"),
+])
+def test_unpack_rejects_a_bad_field(field: str, value: object) -> None:
+    """A field of the wrong type or shape is refused with ValueError."""
+    fields = _fields(make_flow())
+    fields[1 + Flow._fields.index(field)] = value
+    with pytest.raises(ValueError, match="malformed"):
+        Flow.unpack(msgpack.packb(fields, use_bin_type=True))
+
+
+@pytest.mark.parametrize("spoil", [
+    lambda m: m.__setitem__(1, 5),                       # body an int
+    lambda m: m.__setitem__(0, [["Host", b"x"]]),        # header name text, not bytes
+    lambda m: m.__setitem__(0, [[b"Host"]]),             # header without a value
+    lambda m: m.__setitem__(3, 1),                       # truncated not a bool
+])
+def test_unpack_rejects_a_bad_message(spoil) -> None:
+    """A message with a bad body, header or flag is refused with ValueError."""
+    fields = _fields(make_flow())
+    index = 1 + Flow._fields.index("response")
+    message = list(fields[index])
+    spoil(message)
+    fields[index] = message
+    with pytest.raises(ValueError, match="malformed"):
+        Flow.unpack(msgpack.packb(fields, use_bin_type=True))
 
 
 @pytest.mark.parametrize("key", ["host", "request", "response", "start", "end", "server_ip", "kind"])
-def test_from_wire_rejects_missing_key(key: str) -> None:
-    """A wire form missing any field is refused with ValueError (not KeyError)."""
-    data = make_flow().to_wire()
+def test_unpack_rejects_a_version_1_map_missing_a_key(key: str) -> None:
+    """An old map missing any field is refused with ValueError (not KeyError)."""
+    data = _v1_map(make_flow())
     del data[key]
     with pytest.raises(ValueError, match="malformed flow"):
-        Flow.from_wire(data)
+        Flow.unpack(msgpack.packb(data, use_bin_type=True))
 
 
-def test_from_wire_rejects_missing_message_key() -> None:
-    """A message without its body is refused with ValueError."""
-    data = make_flow().to_wire()
-    del data["request"]["body"]
-    with pytest.raises(ValueError, match="malformed flow"):
-        Flow.from_wire(data)
+def test_unpack_accepts_whole_number_times() -> None:
+    """A time packed as an integer reads back as a float."""
+    fields = _fields(make_flow())
+    fields[1 + Flow._fields.index("start")] = 1700000000
+    assert Flow.unpack(msgpack.packb(fields, use_bin_type=True)).start == 1700000000.0
 
 
-def test_from_wire_rejects_int_body() -> None:
-    """A body that is not bytes (an int) is refused with ValueError."""
-    data = make_flow().to_wire()
-    data["response"]["body"] = 5
-    with pytest.raises(ValueError, match="malformed flow"):
-        Flow.from_wire(data)
-
-
-def test_from_wire_rejects_str_header() -> None:
-    """A header name that is text instead of bytes is refused."""
-    data = make_flow().to_wire()
-    data["request"]["headers"] = [["Host", b"x"]]
-    with pytest.raises(ValueError):
-        Flow.from_wire(data)
-
-
-def test_from_wire_rejects_bad_number() -> None:
-    """A port that is not a number is refused with ValueError."""
-    data = make_flow().to_wire()
-    data["port"] = "eighty"
-    with pytest.raises(ValueError):
-        Flow.from_wire(data)
-
-
-def test_flow_is_frozen() -> None:
+def test_flow_is_immutable() -> None:
     """Flows are immutable records."""
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         make_flow().host = "other"  # type: ignore[misc]
 
 

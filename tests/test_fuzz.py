@@ -372,7 +372,7 @@ VALID_FRAMES = [
     wire.encode("ack", instance="proxy-1", seq=12),
     wire.encode("rules", sessions=SESSIONS),
     wire.encode("call", id=3, method="sessions.list", args={"limit": 10}),
-    wire.encode("flows", instance="proxy-1", items=[[13, [1], SAMPLES[0].to_wire()]]),
+    wire.encode("flows", instance="proxy-1", items=[[13, [1], SAMPLES[0].pack()]]),
     wire.encode("reply", id=3, error={"status": 404, "message": "no such session"}),
 ]
 msgpack_values = st.recursive(

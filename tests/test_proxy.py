@@ -7,6 +7,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from capture import config
+from capture.flow import Flow
 from capture.proxy import ProxyFactory
 from capture.rules import RuleSet
 from capture.shipper import Shipper
@@ -54,7 +55,7 @@ def make_proxy(ini: str = "", sessions=({"id": 1, "clients": [], "filter": "", "
 
 
 def queued(shipper: Shipper):
-    return [item.flow for item in shipper.queue._unsent]
+    return [Flow.unpack(item.flow) for item in shipper.queue._unsent]
 
 
 def upstream_reply(pool: FakePool, data: bytes, index: int = -1) -> None:

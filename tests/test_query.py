@@ -255,8 +255,8 @@ def sample(tmp_path_factory):
     session_id = store.create_session("s")["id"]
     other = store.create_session("other")["id"]
     rnd = random.Random(20240601)
-    batch = [(i + 1, [session_id], random_flow(rnd, i).to_wire()) for i in range(400)]
-    batch += [(401 + i, [other], random_flow(rnd, i).to_wire()) for i in range(20)]
+    batch = [(i + 1, [session_id], random_flow(rnd, i).pack()) for i in range(400)]
+    batch += [(401 + i, [other], random_flow(rnd, i).pack()) for i in range(20)]
     store.ingest("p", batch)
     flows = list(store.iter_flows(session_id))
     assert len(flows) == 400
@@ -366,7 +366,7 @@ def test_session_manager_passes_query_arguments(tmp_path):
         manager = SessionManager(store, pid=1)
         session_id = store.create_session("s")["id"]
         rnd = random.Random(3)
-        store.ingest("p", [(i + 1, [session_id], random_flow(rnd, i).to_wire()) for i in range(30)])
+        store.ingest("p", [(i + 1, [session_id], random_flow(rnd, i).pack()) for i in range(30)])
         result, error = manager.call(
             "flows.list", {"session_id": session_id, "filter": "~s", "sort": "status", "order": "desc", "limit": 5}
         )

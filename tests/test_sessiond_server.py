@@ -95,7 +95,7 @@ class Peer:
 
 
 def items(session_ids: list[int], seqs: range) -> list[list[Any]]:
-    return [[seq, session_ids, make_flow(seq).to_wire()] for seq in seqs]
+    return [[seq, session_ids, make_flow(seq).pack()] for seq in seqs]
 
 
 # -- hello -----------------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_call_flows_list_and_get(manager: SessionManager, store: Store) -> None:
     sid = session["id"]
     peer = Peer(manager)
     peer.hello()
-    batch = [[1, [sid], make_flow(1).to_wire()], [2, [sid], make_flow(2, method="POST").to_wire()]]
+    batch = [[1, [sid], make_flow(1).pack()], [2, [sid], make_flow(2, method="POST").pack()]]
     peer.send("flows", instance=INSTANCE, items=batch)
     peer.received()
     listed = peer.call("flows.list", session_id=sid)["result"]

@@ -41,6 +41,9 @@ def make_flow(n: int = 0, body: bytes = b"") -> Flow:
     )
 
 
+SIZE = 64 + len(make_flow(1).pack())  # what one small flow counts against the limits
+
+
 class Connection:
     """One ShipperProtocol on a StringTransport, with helpers to talk to it."""
 
@@ -163,11 +166,11 @@ def test_submit_assigns_increasing_seqs(shipper: Shipper, clock: MemoryReactorCl
     assert message["t"] == "flows"
     assert message["instance"] == shipper.instance
     assert message["items"] == [
-        [1, [1], flows[0].to_wire()],
-        [2, [1, 2], flows[1].to_wire()],
-        [3, [], flows[2].to_wire()],
+        [1, [1], flows[0].pack()],
+        [2, [1, 2], flows[1].pack()],
+        [3, [], flows[2].pack()],
     ]
-    assert Flow.from_wire(message["items"][1][2]) == flows[1]
+    assert Flow.unpack(message["items"][1][2]) == flows[1]
 
 
 def test_submits_in_one_turn_share_a_message(shipper: Shipper, clock: MemoryReactorClock) -> None:
@@ -199,10 +202,10 @@ def test_window_limits_bytes_in_flight(
 ) -> None:
     """No new batch goes out while a window's worth is unacked; an ack lets the next out."""
     monkeypatch.setattr(shipper_module, "BATCH_ITEMS", 2)
-    shipper.queue.window = 3000
+    shipper.queue.window = 3 * SIZE
     conn = connect(shipper, clock)
     for n in range(8):
-        shipper.submit(make_flow(n), [1])  # 1024 bytes of accounting each
+        shipper.submit(make_flow(n), [1])  # SIZE bytes of accounting each
     clock.advance(shipper_module.FLUSH_DELAY)
     assert shipped_seqs(conn.sent()) == [1, 2, 3, 4]
     conn.receive("ack", instance=shipper.instance, seq=4)
@@ -247,7 +250,7 @@ def test_resend_after_reconnect(shipper: Shipper, clock: MemoryReactorClock) -> 
     clock.advance(shipper_module.FLUSH_DELAY)
     messages = second.sent()
     assert shipped_seqs(messages) == [1, 2, 3]
-    assert messages[0]["items"][0][2] == make_flow(1).to_wire()
+    assert messages[0]["items"][0][2] == make_flow(1).pack()
     second.receive("ack", instance=shipper.instance, seq=3)
     assert shipper.pending == 0
     assert shipper.queue.shipped == 3
@@ -297,7 +300,7 @@ def test_stale_connection_loss_is_ignored(shipper: Shipper, clock: MemoryReactor
 
 def test_queue_bound_drops_oldest_unsent(clock: MemoryReactorClock) -> None:
     """Past memory_limit, with no spill file, the oldest unsent flows are dropped and counted."""
-    shipper = Shipper(clock, memory_limit=2500)  # room for two 1024-byte flows
+    shipper = Shipper(clock, memory_limit=SIZE * 5 // 2)  # room for two flows
     for n in range(1, 5):
         shipper.submit(make_flow(n), [1])
     assert shipper.dropped == 2
@@ -307,12 +310,12 @@ def test_queue_bound_drops_oldest_unsent(clock: MemoryReactorClock) -> None:
     clock.advance(shipper_module.FLUSH_DELAY)
     messages = conn.sent()
     assert shipped_seqs(messages) == [3, 4]
-    assert [item[2]["path"] for item in messages[0]["items"]] == ["/item/3", "/item/4"]
+    assert [Flow.unpack(item[2]).path for item in messages[0]["items"]] == ["/item/3", "/item/4"]
 
 
 def test_queue_bound_counts_body_sizes(clock: MemoryReactorClock) -> None:
     """A flow's request body counts against the bound: one big flow pushes out the small ones."""
-    shipper = Shipper(clock, memory_limit=10_000)
+    shipper = Shipper(clock, memory_limit=2 * SIZE + 7000 + SIZE // 2)
     shipper.submit(make_flow(1), [1])
     shipper.submit(make_flow(2), [1])
     shipper.submit(make_flow(3, body=b"x" * 7000), [1])
@@ -325,7 +328,7 @@ def test_queue_bound_counts_body_sizes(clock: MemoryReactorClock) -> None:
 
 def test_queue_bound_never_drops_unacked(clock: MemoryReactorClock) -> None:
     """Flows already sent stay until acked; only unsent ones are dropped for room."""
-    shipper = Shipper(clock, memory_limit=2500)
+    shipper = Shipper(clock, memory_limit=SIZE * 5 // 2)
     conn = connect(shipper, clock)
     shipper.submit(make_flow(1), [1])
     shipper.submit(make_flow(2), [1])

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import msgpack
 
 from capture import filters
 from capture.flow import Flow, iso_time
@@ -161,7 +160,7 @@ def _migrate_v2(db: sqlite3.Connection) -> None:
         summaries, records = [], []
         for row in chunk:
             record = row[-1]
-            summaries.append((*row[:-1], *_v2_columns(_decode(record))))
+            summaries.append((*row[:-1], *_v2_columns(Flow.unpack(record))))
             records.append((row[0], record))
         db.executemany(_INSERT_FLOW, summaries)
         db.executemany(_INSERT_RECORD, records)
@@ -369,10 +368,10 @@ class Store:
     def ingest(
         self,
         instance: str,
-        batch: Sequence[tuple[int, list[int], dict[str, Any]]],
+        batch: Sequence[tuple[int, list[int], bytes]],
         on_stored: Callable[[int, list[int], Flow], None] | None = None,
     ) -> int:
-        """Store a batch of ``(seq, session_ids, flow_wire)`` from one proxy instance.
+        """Store a batch of ``(seq, session_ids, packed_flow)`` from one proxy instance.
 
         Items at or below the instance's high-water mark were delivered
         before (a resend after a lost ack) and are skipped.  One transaction:
@@ -399,7 +398,7 @@ class Store:
             stored: list[tuple[int, list[int], Flow]] = []
             for item in batch:
                 try:
-                    seq, session_ids, wire = item
+                    seq, session_ids, record = item
                 except (TypeError, ValueError):
                     rejected += 1
                     continue
@@ -412,8 +411,8 @@ class Store:
                 # A bad item must not cost the rest of the batch.
                 try:
                     targets = _link_targets(session_ids, existing)
-                    flow = Flow.from_wire(wire)
-                    flow_row, record = _flow_row(flow)
+                    flow = Flow.unpack(record)  # checked whole, then stored as it came
+                    flow_row = _flow_row(flow)
                 except Exception:
                     rejected += 1
                     continue
@@ -568,7 +567,7 @@ class Store:
                 "SELECT session_id FROM session_flows WHERE flow_id = ? ORDER BY session_id", (flow_id,)
             )
         ]
-        return {"id": flow_id, "session_ids": session_ids, **_decode(row[0]).detail()}
+        return {"id": flow_id, "session_ids": session_ids, **Flow.unpack(row[0]).detail()}
 
     def load_flow(self, flow_id: int) -> Flow:
         """The stored Flow itself (for copy as curl and the like)."""
@@ -577,7 +576,7 @@ class Store:
         row = self._db.execute("SELECT record FROM flow_records WHERE id = ?", (flow_id,)).fetchone()
         if row is None:
             raise NotFound(f"no flow {flow_id}")
-        return _decode(row[0])
+        return Flow.unpack(row[0])
 
     # internals ------------------------------------------------------------
 
@@ -692,7 +691,7 @@ class Store:
                 self._db.execute(f"SELECT id, record FROM flow_records WHERE id IN ({marks})", chunk)
             )
             for flow_id in chunk:
-                yield flow_id, _decode(records[flow_id])
+                yield flow_id, Flow.unpack(records[flow_id])
 
     def _scan(self, session_id: int, plan: query.Query) -> Iterator[tuple[int, Flow]]:
         where = "" if plan.where == "1" else f" AND {plan.where}"
@@ -707,7 +706,7 @@ class Store:
                 (session_id, last_time, last_id, *plan.params, _SCAN_CHUNK),
             ).fetchall()
             for _, flow_id, record in rows:
-                flow = _decode(record)
+                flow = Flow.unpack(record)
                 if residual is None or residual(flow):
                     yield flow_id, flow
             if len(rows) < _SCAN_CHUNK:
@@ -735,10 +734,6 @@ def _prepare_file(path: str) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.close(fd)
-
-
-def _decode(record: bytes) -> Flow:
-    return Flow.from_wire(msgpack.unpackb(record, raw=False))
 
 
 def _check_name(name: object) -> str:
@@ -829,8 +824,8 @@ def _link_targets(session_ids: object, existing: set[int]) -> list[int]:
     return targets
 
 
-def _flow_row(flow: Flow) -> tuple[tuple[Any, ...], bytes]:
-    """The summary columns, and the record; ValueError for what SQLite or the API could not hold."""
+def _flow_row(flow: Flow) -> tuple[Any, ...]:
+    """The summary columns; ValueError for what SQLite or the API could not hold."""
     for moment in (flow.start, flow.request_done, flow.response_start, flow.end):
         if moment is not None and not (
             math.isfinite(moment) and _TIME_RANGE[0] < moment < _TIME_RANGE[1]
@@ -840,8 +835,7 @@ def _flow_row(flow: Flow) -> tuple[tuple[Any, ...], bytes]:
     for number in (flow.client_port, flow.port, flow.status, flow.request.size, response_size):
         if not _INT64[0] <= number <= _INT64[1]:
             raise ValueError("flow number out of range")
-    record = msgpack.packb(flow.to_wire(), use_bin_type=True)
-    columns = (
+    return (
         flow.start,
         flow.client,
         flow.client_port,
@@ -860,7 +854,6 @@ def _flow_row(flow: Flow) -> tuple[tuple[Any, ...], bytes]:
         flow.kind,
         *_v2_columns(flow),
     )
-    return columns, record
 
 
 def _v2_columns(flow: Flow) -> tuple[int, str | None, str | None, int]:
