@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 WIRE_VERSION = 2
+_PACKER = msgpack.Packer(use_bin_type=True)
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -169,7 +170,7 @@ class Flow(NamedTuple):
 
     def pack(self) -> bytes:
         """The packed form (version 2): what is queued, shipped and stored."""
-        return msgpack.packb((WIRE_VERSION, *self), use_bin_type=True)
+        return _PACKER.pack((WIRE_VERSION, *self))
 
     @classmethod
     def unpack(cls, record: bytes) -> Flow:
