@@ -747,7 +747,7 @@ class Bench:
             result["sessiond_cpu"] = cpu(cpu_ticks([manager]) - t_manager) if manager else None
         if proxy_cores:
             # Whatever else ran on the proxy's cores (other programs, the hypervisor's steal): noise.
-            ours = result["proxy_cpu"] + (result.get("sessiond_cpu") or 0)
+            ours = result["proxy_cpu"] + (0 if self.args.sessiond_cpus else result.get("sessiond_cpu") or 0)
             result["other_on_proxy_cpu"] = round(max(0.0, cpu(core_ticks(proxy_cores) - t_cores) - ours), 1)
         rss_after = sum(mem_kb(p, "VmRSS") for p in pids)
         hwm = sum(mem_kb(p, "VmHWM") for p in pids)
@@ -854,15 +854,18 @@ def report(results: list[dict[str, Any]], info: dict[str, str], args: argparse.N
     ]
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines += [
-        f"- pinning: proxy (and its session manager) on CPU {args.proxy_cpus or 'any'}; "
-        f"load generator and nginx on CPU {args.load_cpus or 'any'}",
+        f"- pinning: proxy on CPU {args.proxy_cpus or 'any'}; session manager on CPU "
+        f"{args.sessiond_cpus or args.proxy_cpus or 'any'}; load generator and nginx on CPU {args.load_cpus or 'any'}",
         f"- {bench.seconds:g} s per scenario: 1 KiB responses for requests/s, {bench.big // MIB} MiB bodies one after "
         "another on one connection for download/upload; CPU in % of one core",
+        *([f"- {args.rounds} interleaved rounds; each row is the scenario's median round (by req/s or MB/s), "
+           "the rounds' figures in the last column"] if args.rounds > 1 else []),
         "",
         "| scenario | tool | req/s | MB/s | p50 ms | p99 ms | errors | proxy CPU % | sessiond CPU % "
         "| other on proxy core % | loadgen CPU % | nginx CPU % | origin conns | RSS after MB | peak RSS growth MB "
-        "| stored = sent | flows/s stored | max backlog |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| stored = sent | flows/s stored | max backlog |" + (" rounds |" if args.rounds > 1 else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+        + ("---|" if args.rounds > 1 else ""),
     ]
     for r in rows:
         kind = SCENARIOS[r["scenario"]][0]
@@ -878,6 +881,7 @@ def report(results: list[dict[str, Any]], info: dict[str, str], args: argparse.N
             fmt(r.get("stored_ok")) if "stored_ok" in r else "–",
             fmt(r.get("ingest_fps"), 0) if "ingest_fps" in r else "–",
             fmt(r.get("pending_max")) if "pending_max" in r else "–",
+            *([", ".join(fmt(v) for v in r.get("rounds", []))] if args.rounds > 1 else []),
         ]) + " |")
     for r in results:
         if r["scenario"] == "after-run":
