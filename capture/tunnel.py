@@ -18,12 +18,12 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from capture import tlshello
 from capture.flow import Flow, Message
 from capture.tls import ServerConnection, describe_tls_failure
+from capture.tlsbulk import BulkTLSFactory
 from capture.upstream import UpstreamProxyFailed, Via, connect_reply_done, describe_connect_error
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class Sniffer:
         if self.proxy.closing:
             return
         inner = self.proxy.inner(TunnelTarget("https", self.host, self.port, hello.sni), tls_name=name)
-        tls_factory = TLSMemoryBIOFactory(ServerConnection(context), False, _Single(inner))
+        tls_factory = BulkTLSFactory(ServerConnection(context), False, _Single(inner))
         tls = tls_factory.buildProtocol(self.proxy.transport.getPeer())
         limit = self.proxy.factory.limits.header_timeout  # the handshake is bounded like a request head
         inner.handshake_timer = self.proxy.factory.reactor.callLater(limit, inner.handshake_timed_out)

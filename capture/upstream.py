@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from capture import http1
 from capture.tls import UpstreamTLS, VerificationFailed, ClientConnection, describe_tls_failure
+from capture.tlsbulk import BulkTLSFactory
 
 if TYPE_CHECKING:
     from capture.proxy import Exchange
@@ -39,10 +40,12 @@ class UpstreamProtocol(Protocol):
     for plain HTTP, after a verified handshake for HTTPS.
     """
 
-    def __init__(self, key: PoolKey, tls: ClientConnection | None = None, via: Via | None = None) -> None:
+    def __init__(self, key: PoolKey, tls: ClientConnection | None = None, via: Via | None = None,
+                 tls_layered: bool = False) -> None:
         self.key = key
         self.tls = tls
         self.via = via
+        self._tls_layered = tls_layered  # already under a TLS transport: wait for the handshake
         self._via_reply: bytes | None = None  # the upstream proxy's answer to our CONNECT, while it arrives
         self.ready: defer.Deferred = defer.Deferred()
         self.exchange: Exchange | None = None
@@ -76,7 +79,7 @@ class UpstreamProtocol(Protocol):
     def _secure(self) -> None:
         if self.tls is None:
             self.ready.callback(self)
-        else:
+        elif not self._tls_layered:  # after a chained proxy's CONNECT: TLS starts now
             self.transport.startTLS(self.tls)
 
     def _via_data(self, data: bytes) -> None:
@@ -299,7 +302,10 @@ class UpstreamPool:
         via = self.via if self.via is not None and self.via.used_for(host) else None
         if via is None:
             endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
-            return endpoint.connect(_OneShotFactory(key, tls)).addCallback(lambda protocol: protocol.ready)
+            if tls is None:
+                return endpoint.connect(_OneShotFactory(key)).addCallback(lambda protocol: protocol.ready)
+            factory = BulkTLSFactory(tls, True, _OneShotFactory(key, tls, tls_layered=True))
+            return endpoint.connect(factory).addCallback(lambda layer: layer.wrappedProtocol.ready)
         endpoint = HostnameEndpoint(self._reactor, via.host, via.port, timeout=self.connect_timeout)
         d = endpoint.connect(_OneShotFactory(key, tls, via))
         d.addErrback(via.name_in_failure)
@@ -332,13 +338,15 @@ class UpstreamPool:
 class _OneShotFactory(Factory):
     noisy = False
 
-    def __init__(self, key: PoolKey, tls: ClientConnection | None, via: Via | None = None) -> None:
+    def __init__(self, key: PoolKey, tls: ClientConnection | None = None, via: Via | None = None,
+                 tls_layered: bool = False) -> None:
         self.key = key
         self.tls = tls
         self.via = via
+        self.tls_layered = tls_layered
 
     def buildProtocol(self, addr: Any) -> UpstreamProtocol:
-        return UpstreamProtocol(self.key, self.tls, self.via)
+        return UpstreamProtocol(self.key, self.tls, self.via, self.tls_layered)
 
 
 class UpstreamProxyFailed(Exception):

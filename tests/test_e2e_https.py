@@ -92,6 +92,31 @@ def test_https_post_with_requests_and_keep_alive(https_appliance, tls_origins):
     assert detail["request"]["body"] == "first"
 
 
+def test_large_bodies_cross_the_tunnel_intact(https_appliance, tls_origins):
+    """8 MiB down (length-delimited and chunked) and up (sized and chunked) keep every byte, in order."""
+    appliance = https_appliance
+    session = appliance.new_session()
+    base = f"https://localhost:{tls_origins['good'].port}"
+    n = 8 * 1024 * 1024
+    with requests.Session() as client:
+        client.trust_env = False
+        client.proxies = {"https": appliance.proxy_url}
+        client.verify = capture_ca(appliance)
+        for path in (f"/bytes?n={n}", f"/chunked?n={n}"):
+            response = client.get(base + path, timeout=60)
+            assert response.status_code == 200
+            assert hashlib.sha256(response.content).hexdigest() == hashlib.sha256(pattern(n)).hexdigest()
+        body = pattern(n)
+        sized = client.post(base + "/echo", data=body, timeout=60).json()
+        chunked = client.post(base + "/echo", data=iter([body[:1000], body[1000:5_000_000], body[5_000_000:]]),
+                              timeout=60).json()
+    for echoed in (sized, chunked):
+        assert echoed["sha256"] == hashlib.sha256(body).hexdigest()
+    flows = appliance.wait_for_flows(session["id"], 4)
+    assert [f["response_size"] for f in flows[:2]] == [n, n]
+    assert [f["request_size"] for f in flows[2:]] == [n, n]
+
+
 def test_leaf_certificate_is_what_devices_accept(https_appliance, tls_origins):
     """The leaf the client sees: SAN, serverAuth, issued by the capture CA, at most 180 days; s_client verifies."""
     appliance = https_appliance
