@@ -433,6 +433,7 @@ class Capture:
     def __init__(self, children: Children, tmp: Path, origin_ca: Path, cpus: str | None, workers: int,
                  sessiond_cpus: str | None = None) -> None:
         self.children = children
+        self.workers = workers
         self.dir = tmp / "capture"
         self.dir.mkdir()
         self.port = free_port()
@@ -508,11 +509,19 @@ token_file = {self.dir}/admin.token
         return int(self.status()["pending_flows"])
 
     def drain(self, timeout: float) -> float | None:
-        """Seconds until no flow is pending, or None after ``timeout``."""
+        """Seconds until no flow is pending, or None after ``timeout``.
+
+        Worker processes report their counters every second, so with workers
+        a 0 may be a second old: it must still read 0 after that second.
+        """
         start = time.monotonic()
+        settle = 1.5 if self.workers > 1 else 0.0
         while time.monotonic() - start < timeout:
             if self.pending() == 0:
-                return time.monotonic() - start
+                drained = time.monotonic() - start
+                time.sleep(settle)
+                if not settle or self.pending() == 0:
+                    return drained
             time.sleep(0.1)
         return None
 
@@ -832,8 +841,8 @@ def median_rounds(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in results:
         groups.setdefault((r["scenario"], r["tool"]), []).append(r)
     chosen = []
-    for runs in groups.values():
-        key = "rps" if runs[0].get("rps") is not None else "mb_per_s"
+    for (scenario, _tool), runs in groups.items():
+        key = "rps" if scenario in SCENARIOS and SCENARIOS[scenario][0] == "rps" else "mb_per_s"
         ranked = sorted(runs, key=lambda r: r.get(key) or 0)
         pick = dict(ranked[(len(ranked) - 1) // 2])
         if len(runs) > 1:
@@ -914,8 +923,9 @@ def report(results: list[dict[str, Any]], info: dict[str, str], args: argparse.N
 
     saturated, noisy = [], []
     for r in rows:
-        proxy_side = r["proxy_cpu"] + (r.get("sessiond_cpu") or 0)
-        load_side = r["loadgen_cpu"] + r["nginx_cpu"]
+        manager = r.get("sessiond_cpu") or 0
+        proxy_side = r["proxy_cpu"] + (0 if args.sessiond_cpus else manager)
+        load_side = r["loadgen_cpu"] + r["nginx_cpu"] + (manager if args.sessiond_cpus == args.load_cpus else 0)
         sides = [side for side, value in (("proxy", proxy_side), ("loader+nginx", load_side)) if value >= 90]
         if sides:
             saturated.append(f"{r['scenario']} ({r['tool']}): {' and '.join(sides)}")
