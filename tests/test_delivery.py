@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import msgpack
+
 from capture.delivery import DeliveryQueue, SpillFile
 from capture.flow import Flow, Message
 
@@ -118,3 +120,23 @@ def test_torn_spill_tail_is_ignored(tmp_path):
     reopened = DeliveryQueue("b", memory_limit=10**9, spill=SpillFile(path), spill_limit=10**9)
     assert [seq for _, seq in drain(reopened)] == [1, 2, 3]
     assert os.path.getsize(path) == 0  # the torn bytes went with the rest once shipped
+
+
+def test_a_spill_file_from_an_earlier_release_is_shipped_readable(tmp_path):
+    """Spilled records whose flow is the version 1 map (releases before the packed form) still ship and read back."""
+    old = flow(7, body=3)
+    v1 = {
+        "v": 1, "kind": old.kind, "client": old.client, "client_port": old.client_port, "scheme": old.scheme,
+        "host": old.host, "port": old.port, "method": old.method, "path": old.path,
+        "http_version": old.http_version, "status": 0, "reason": "", "response": None,
+        "request": {"headers": [], "body": old.request.body, "size": old.request.size, "truncated": False},
+        "start": old.start, "request_done": None, "response_start": None, "end": None, "error": "",
+        "server_ip": "",
+    }
+    path = tmp_path / "spill"
+    path.write_bytes(msgpack.packb(["old-instance", 5, [1], v1], use_bin_type=True))
+    queue = DeliveryQueue("new", memory_limit=10**9, spill=SpillFile(str(path)), spill_limit=10**9)
+    (item,) = queue.next_batch(10)
+    assert (item.instance, item.seq, item.sessions) == ("old-instance", 5, [1])
+    assert isinstance(item.flow, bytes)
+    assert Flow.unpack(item.flow) == old
