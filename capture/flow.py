@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import msgpack
 
 WIRE_VERSION = 2
+# One packer for every flow: msgpack.packb would allocate a 1 MiB buffer per call.
+# Packing holds the GIL throughout, so the reactor thread and export threads may share it.
 _PACKER = msgpack.Packer(use_bin_type=True)
 
 Headers = tuple[tuple[bytes, bytes], ...]

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-
 from capture import filters
 from capture.flow import Flow, iso_time
 from capture.sessiond import query
