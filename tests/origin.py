@@ -11,6 +11,7 @@ test.  ``python tests/origin.py [CERT KEY]`` prints ``PORT <n>`` once it listens
     /static/NAME.EXT    a small body typed by its extension (image/png for .png, ...)
     /set-cookie?a=1     sets each query parameter as a cookie
     /echo               JSON: method, path, ordered headers, body size and sha256
+    /early              413 at once, without reading the request body, then close
     /__log              JSON: every request seen so far (method, path, client port)
 """
 
@@ -123,6 +124,15 @@ class Handler(BaseHTTPRequestHandler):
             with self.log_lock:
                 return self._json(200, list(self.seen))
         self._record()
+        if url.path == "/early":  # refuses an upload before reading it, as many servers do
+            body = b"too large"
+            self.send_response(413)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+            return
         size, sha = self._body()
         if url.path == "/bytes":
             return self._send_pattern(n, "length")

@@ -117,6 +117,21 @@ def test_large_bodies_cross_the_tunnel_intact(https_appliance, tls_origins):
     assert [f["request_size"] for f in flows[2:]] == [n, n]
 
 
+@pytest.mark.parametrize("framing", [["-H", "Transfer-Encoding: chunked"], []])
+def test_an_upload_refused_early_gets_its_answer(https_appliance, tls_origins, tmp_path, framing):
+    """The origin answers 413 before reading a 20 MB upload and closes: the client reads the 413, not a reset."""
+    appliance = https_appliance
+    session = appliance.new_session()
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(pattern(20 * 1024 * 1024))
+    result = curl(appliance, *framing, "--data-binary", f"@{upload}", "-o", "/dev/null", "-w", "%{http_code}",
+                  f"https://localhost:{tls_origins['good'].port}/early")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"413"
+    (flow,) = appliance.wait_for_flows(session["id"], 1)
+    assert flow["status"] == 413
+
+
 def test_leaf_certificate_is_what_devices_accept(https_appliance, tls_origins):
     """The leaf the client sees: SAN, serverAuth, issued by the capture CA, at most 180 days; s_client verifies."""
     appliance = https_appliance

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 
+import pytest
 
 from origin import pattern, pattern_sha256
 
@@ -173,6 +174,20 @@ def test_expect_100_continue_is_relayed_from_the_origin(appliance, origin):
     echoed = json.loads(result.stdout)
     assert ["Expect", "100-continue"] in echoed["headers"]
     assert echoed["size"] == len(body)
+
+
+@pytest.mark.parametrize("framing", [["-H", "Transfer-Encoding: chunked"], []])
+def test_an_upload_refused_early_gets_its_answer(appliance, origin, tmp_path, framing):
+    """The origin answers 413 before reading a 20 MB upload and closes: the client reads the 413, not a reset."""
+    session = appliance.new_session()
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(pattern(20 * 1024 * 1024))
+    for _ in range(3):  # the reset this guards against depended on timing
+        result = curl(appliance, *framing, "--data-binary", f"@{upload}", "-o", "/dev/null", "-w", "%{http_code}",
+                      f"http://127.0.0.1:{origin.port}/early")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"413"
+    assert [f["status"] for f in appliance.wait_for_flows(session["id"], 3)] == [413] * 3
 
 
 def test_closed_port_gives_502_and_a_flow_with_the_error(appliance, origin):
