@@ -15,10 +15,11 @@ from typing import Any
 
 import httptools
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from zope.interface import implementer
 
 from capture import http1, pages
@@ -529,18 +530,30 @@ class ProxyProtocol(Protocol):
         self._close()
 
     def _close(self) -> None:
-        """Close after what was written; reading resumes first, since a TLS close needs the peer's reply.
+        """Close after what was written, reading on until the client closes too.
 
-        A connection paused while its exchange ran would otherwise never read
-        the client's close_notify and sit in CLOSE-WAIT for ever; and one that
-        does not close within CLOSE_TIMEOUT is aborted.
+        Closing a socket that still has unread input sends a reset, which can
+        destroy an answer the client has not read yet (a 413 to an upload it
+        is still sending).  So plain TCP is half-closed (RFC 9112 9.6): the
+        answer goes out with a FIN and whatever the client still sends is read
+        and dropped until it closes.  TLS sends its close alert and waits for
+        the client's in the same way.  Reading resumes first: a connection
+        paused while its exchange ran would otherwise never see the client
+        close and sit in CLOSE-WAIT; one that does not close within
+        CLOSE_TIMEOUT is aborted.
         """
         self.closing = True
+        if self._lost:
+            return
         if self._paused:
             self._paused.clear()
             self.transport.resumeProducing()
-        self.transport.loseConnection()
-        if self._close_timer is None and not self._lost:
+        transport = self.transport
+        if ITCPTransport.providedBy(transport) and not isinstance(transport, TLSMemoryBIOProtocol):
+            transport.loseWriteConnection()
+        else:
+            transport.loseConnection()
+        if self._close_timer is None:
             self._close_timer = self.factory.reactor.callLater(CLOSE_TIMEOUT, self.transport.abortConnection)
 
     def _head_timed_out(self) -> None:

@@ -190,6 +190,25 @@ def test_an_upload_refused_early_gets_its_answer(appliance, origin, tmp_path, fr
     assert [f["status"] for f in appliance.wait_for_flows(session["id"], 3)] == [413] * 3
 
 
+def test_a_client_that_sends_the_whole_body_first_still_reads_the_early_answer(appliance, origin):
+    """Like requests: write all 20 MB, then read. The proxy half-closes and drains, so no reset eats the 413."""
+    size = 20 * 1024 * 1024
+    head = (f"POST http://127.0.0.1:{origin.port}/early HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    block = b"x" * 65536
+    for _ in range(3):  # the reset came about one time in three before the half-close
+        with socket.create_connection(("127.0.0.1", appliance.proxy_port), timeout=30) as client:
+            client.sendall(head)
+            for _ in range(size // len(block)):
+                client.sendall(block)
+            answer = b""
+            while b"too large" not in answer:
+                data = client.recv(65536)
+                assert data, f"connection closed before the answer: {answer!r}"
+                answer += data
+        assert answer.startswith(b"HTTP/1.1 413 ")
+
+
 def test_closed_port_gives_502_and_a_flow_with_the_error(appliance, origin):
     """A refused connection is a 502 naming the cause, recorded as a flow with an error."""
     session = appliance.new_session()
