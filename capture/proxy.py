@@ -201,7 +201,7 @@ class _Reason:
         self.protocol.resume(self.reason)
 
     def stopProducing(self) -> None:
-        self.protocol.transport.abortConnection()
+        """The origin's connection is gone: the exchange, told by the upstream, decides what the client gets."""
 
 
 @implementer(IHandshakeListener)

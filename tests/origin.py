@@ -11,7 +11,8 @@ test.  ``python tests/origin.py [CERT KEY]`` prints ``PORT <n>`` once it listens
     /static/NAME.EXT    a small body typed by its extension (image/png for .png, ...)
     /set-cookie?a=1     sets each query parameter as a cookie
     /echo               JSON: method, path, ordered headers, body size and sha256
-    /early              413 at once, without reading the request body, then close
+    /reset              no answer: the connection is reset at once
+    /early              413 at once, without reading the request body; then a half-close, draining it
     /__log              JSON: every request seen so far (method, path, client port)
 """
 
@@ -20,8 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import mimetypes
+import socket
 import sys
 import ssl
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -124,6 +127,11 @@ class Handler(BaseHTTPRequestHandler):
             with self.log_lock:
                 return self._json(200, list(self.seen))
         self._record()
+        if url.path == "/reset":  # drops the connection with a reset, answering nothing
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
         if url.path == "/early":  # refuses an upload before reading it, as many servers do
             body = b"too large"
             self.send_response(413)
@@ -131,6 +139,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
+            self.wfile.flush()
+            # Close as careful servers do: a plain close with the upload unread would send a
+            # reset, which can destroy the answer before the proxy reads it.
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(5)
+            try:
+                while self.connection.recv(65536):
+                    pass
+            except OSError:
+                pass
             self.close_connection = True
             return
         size, sha = self._body()

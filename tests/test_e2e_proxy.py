@@ -190,6 +190,15 @@ def test_an_upload_refused_early_gets_its_answer(appliance, origin, tmp_path, fr
     assert [f["status"] for f in appliance.wait_for_flows(session["id"], 3)] == [413] * 3
 
 
+def test_an_origin_that_drops_an_upload_gives_the_client_a_502(appliance, origin, tmp_path):
+    """The origin resets the connection mid-upload without answering: the client gets a 502 naming it, not a reset."""
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(pattern(20 * 1024 * 1024))
+    result = curl(appliance, "--data-binary", f"@{upload}", f"http://127.0.0.1:{origin.port}/reset")
+    assert result.returncode == 0, result.stderr
+    assert b"origin closed the connection" in result.stdout
+
+
 def test_a_client_that_sends_the_whole_body_first_still_reads_the_early_answer(appliance, origin):
     """Like requests: write all 20 MB, then read. The proxy half-closes and drains, so no reset eats the 413."""
     size = 20 * 1024 * 1024
