@@ -801,11 +801,10 @@ class Exchange:
         upstream, self.upstream = self.upstream, None
         if not self.request_complete:
             # The origin answered before taking the whole body: the rest goes nowhere, and the
-            # client's reads must no longer hang on the origin's connection, nor end with it.
+            # client's connection must not end with the origin's (it closes after the answer).
             upstream.reusable = False
             if upstream.transport.producer is not None:
                 upstream.transport.unregisterProducer()
-            self.proxy.resume("upstream")
         self.proxy.factory.pool.release(upstream)
         self._finish("")
 

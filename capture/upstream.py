@@ -40,12 +40,10 @@ class UpstreamProtocol(Protocol):
     for plain HTTP, after a verified handshake for HTTPS.
     """
 
-    def __init__(self, key: PoolKey, tls: ClientConnection | None = None, via: Via | None = None,
-                 tls_layered: bool = False) -> None:
+    def __init__(self, key: PoolKey, tls: ClientConnection | None = None, via: Via | None = None) -> None:
         self.key = key
         self.tls = tls
         self.via = via
-        self._tls_layered = tls_layered  # already under a TLS transport: wait for the handshake
         self._via_reply: bytes | None = None  # the upstream proxy's answer to our CONNECT, while it arrives
         self.ready: defer.Deferred = defer.Deferred()
         self.exchange: Exchange | None = None
@@ -79,8 +77,9 @@ class UpstreamProtocol(Protocol):
     def _secure(self) -> None:
         if self.tls is None:
             self.ready.callback(self)
-        elif not self._tls_layered:  # after a chained proxy's CONNECT: TLS starts now
+        elif self.via is not None:  # after a chained proxy's CONNECT: TLS starts now
             self.transport.startTLS(self.tls)
+        # else the pool connected us under a TLS transport already: handshakeCompleted follows
 
     def _via_data(self, data: bytes) -> None:
         self._via_reply += data
@@ -304,7 +303,7 @@ class UpstreamPool:
             endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
             if tls is None:
                 return endpoint.connect(_OneShotFactory(key)).addCallback(lambda protocol: protocol.ready)
-            factory = BulkTLSFactory(tls, True, _OneShotFactory(key, tls, tls_layered=True))
+            factory = BulkTLSFactory(tls, True, _OneShotFactory(key, tls))
             return endpoint.connect(factory).addCallback(lambda layer: layer.wrappedProtocol.ready)
         endpoint = HostnameEndpoint(self._reactor, via.host, via.port, timeout=self.connect_timeout)
         d = endpoint.connect(_OneShotFactory(key, tls, via))
@@ -338,15 +337,13 @@ class UpstreamPool:
 class _OneShotFactory(Factory):
     noisy = False
 
-    def __init__(self, key: PoolKey, tls: ClientConnection | None = None, via: Via | None = None,
-                 tls_layered: bool = False) -> None:
+    def __init__(self, key: PoolKey, tls: ClientConnection | None = None, via: Via | None = None) -> None:
         self.key = key
         self.tls = tls
         self.via = via
-        self.tls_layered = tls_layered
 
     def buildProtocol(self, addr: Any) -> UpstreamProtocol:
-        return UpstreamProtocol(self.key, self.tls, self.via, self.tls_layered)
+        return UpstreamProtocol(self.key, self.tls, self.via)
 
 
 class UpstreamProxyFailed(Exception):
