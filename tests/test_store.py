@@ -108,6 +108,29 @@ def test_schema_created_with_wal_and_version(tmp_path):
         db.close()
 
 
+def test_new_store_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path):
+    """16 KiB pages for a new database; one made with SQLite's 4 KiB default opens and stores as it is."""
+    fresh = tmp_path / "fresh.sqlite"
+    Store(str(fresh)).close()
+    old = tmp_path / "old.sqlite"
+    Store(str(old)).close()
+    db = sqlite3.connect(old)
+    db.execute("PRAGMA journal_mode=DELETE")
+    db.execute("PRAGMA page_size=4096")
+    db.execute("VACUUM")
+    db.close()
+    with Store(str(old)) as store:
+        session = store.create_session("old pages")
+        store.ingest("i", [(1, [session["id"]], wire())])
+        assert store.get_session(session["id"])["flow_count"] == 1
+    for path, size in ((fresh, 16384), (old, 4096)):
+        db = sqlite3.connect(path)
+        try:
+            assert db.execute("PRAGMA page_size").fetchone()[0] == size
+        finally:
+            db.close()
+
+
 def test_reopen_does_not_migrate_again(tmp_path):
     """Opening an existing store keeps one version row."""
     path = str(tmp_path / "capture.sqlite")
