@@ -4,10 +4,11 @@
 
 Builds a store with one session of ``--flows`` flows (response bodies of
 random size up to twice ``--body`` bytes), ingested ``--batch`` at a time as
-the proxy ships them, and reports the CPU each flow cost to store; then times each query: the first
-run, and the median of the next five.  A query the store pushes down to SQL
-reads only the summary columns; one with a residual (``~b``, ``~h``) decodes
-every candidate flow, and is shown for comparison.
+the proxy ships them, and reports the CPU each flow cost to store.  Then it
+times each query: the first run, and the median of the next five.  A query
+the store pushes down to SQL reads only the summary columns; one with a
+residual (``~b``, ``~h``) decodes every candidate flow, and is shown for
+comparison.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ class Flow(NamedTuple):
     def content_type(self) -> str:
         if self.response is None:
             return ""
-        return (self.response.header("content-type") or "").split(";")[0].strip()
+        return media_type(self.response.header("content-type"))
 
     @property
     def duration_ms(self) -> float | None:
@@ -238,6 +238,11 @@ class Flow(NamedTuple):
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed flow: {e!r}") from None
+
+
+def media_type(content_type: str | None) -> str:
+    """A Content-Type value without its parameters: ``text/html; charset=utf-8`` is ``text/html``."""
+    return (content_type or "").split(";")[0].strip()
 
 
 def _message_detail(message: Message) -> dict[str, Any]:

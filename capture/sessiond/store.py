@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from capture import filters
-from capture.flow import Flow, iso_time
+from capture.flow import Flow, iso_time, media_type
 from capture.sessiond import query
 
 SCHEMA_VERSION = 3
@@ -841,7 +841,7 @@ def _flow_row(flow: Flow) -> tuple[Any, ...]:
     for number in (flow.client_port, flow.port, flow.status, flow.request.size, response_size):
         if not _INT64[0] <= number <= _INT64[1]:
             raise ValueError("flow number out of range")
-    v2 = _v2_columns(flow)
+    has_response, request_type, response_type, plain = _v2_columns(flow)
     return (
         flow.start,
         flow.client,
@@ -855,11 +855,14 @@ def _flow_row(flow: Flow) -> tuple[Any, ...]:
         flow.status,
         flow.request.size,
         response_size,
-        (v2[2] or "").split(";")[0].strip(),  # Flow.content_type, from the header already found
+        media_type(response_type),  # Flow.content_type, from the header already found
         flow.duration_ms,
         flow.error,
         flow.kind,
-        *v2,
+        has_response,
+        request_type,
+        response_type,
+        plain,
     )
 
 
