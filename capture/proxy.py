@@ -240,6 +240,7 @@ class ProxyProtocol(Protocol):
         # Bounds on the request head being read (see [limits]).
         self._in_head = True
         self._head_bytes = 0
+        self._head_tail = b""  # the last bytes of the head so far: its end may span two reads
         self._line_done = False
         self._url_bytes = 0
         self._header_count = 0
@@ -287,7 +288,12 @@ class ProxyProtocol(Protocol):
                 if not self._line_done and self._head_bytes + len(data) > limits.max_request_line:
                     self._refuse(414, "request line too long")
                     return
-            self._head_bytes += len(data)
+            # Only the head counts: a read may go on into the body (on_headers_complete
+            # then checks the head's own size).
+            seen = self._head_tail + data
+            end = seen.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end == -1 else end + 4 - len(self._head_tail)
+            self._head_tail = seen[-3:]
             if self._head_bytes > limits.max_header_bytes + limits.max_request_line:
                 self._refuse(431, "request head too large")
                 return
@@ -478,6 +484,7 @@ class ProxyProtocol(Protocol):
     def on_message_complete(self) -> None:
         self._in_head = True
         self._head_bytes = 0
+        self._head_tail = b""
         self._line_done = False
         if self._body_timer is not None:
             if self._body_timer.active():

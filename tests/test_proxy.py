@@ -312,6 +312,21 @@ def test_endless_header_value_is_cut_off():
     assert client.value().startswith(b"HTTP/1.1 431") and client.disconnecting
 
 
+def test_body_in_the_same_read_as_the_head_does_not_count_against_the_head():
+    """Only head bytes are bounded: a read that finishes the head and goes on into the body is fine.
+
+    The head arrives in two reads, its end (CRLF CRLF) split between them, and the second read
+    carries far more body than the head may hold.
+    """
+    proxy, client, pool, _, _ = make_proxy("[limits]\nmax_header_bytes = 2048\nmax_request_line = 100\n")
+    body = b"z" * 10000
+    head = b"POST http://h/u HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * 1500 + b"\r\nContent-Length: 10000\r\n\r\n"
+    proxy.dataReceived(head[:-3])
+    proxy.dataReceived(head[-3:] + body)
+    assert not client.value(), client.value()[:100]
+    assert pool.connections[0].transport.value().endswith(b"\r\n\r\n" + body)
+
+
 def test_slow_request_head_gets_408():
     """A client that starts a request head and trickles it (slowloris) gets 408 after header_timeout."""
     proxy, client, _, _, clock = make_proxy("[limits]\nheader_timeout = 5\n")
