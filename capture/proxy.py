@@ -22,7 +22,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capture import http1, pages
+from capture import http1, pages, tcp
 from capture.ca import CertificateAuthority
 from capture.config import Settings
 from capture.flow import Flow, Message
@@ -269,7 +269,7 @@ class ProxyProtocol(Protocol):
             self.transport.write(http1.error_response(403, "this proxy does not serve your address"))
             self._close()
             return
-        self.transport.setTcpNoDelay(True)
+        tcp.tune(self.transport)
         self._parser = httptools.HttpRequestParser(self)
         self._start_idle_timer()
 

@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from capture import tlshello
+from capture import tcp, tlshello
 from capture.flow import Flow, Message
 from capture.tls import ServerConnection, describe_tls_failure
 from capture.tlsbulk import BulkTLSFactory
@@ -242,7 +242,7 @@ class _RelayProtocol(Protocol):
         self._reply: bytes | None = None
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
+        tcp.tune(self.transport)
         if self.via is not None:
             self._reply = b""
             self.transport.write(self.via.connect_request(self.tunnel.host, self.tunnel.port))

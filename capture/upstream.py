@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capture import http1
+from capture import http1, tcp
 from capture.tls import UpstreamTLS, VerificationFailed, ClientConnection, describe_tls_failure
 from capture.tlsbulk import BulkTLSFactory
 
@@ -67,7 +67,7 @@ class UpstreamProtocol(Protocol):
         return self.via is not None and self.tls is None
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
+        tcp.tune(self.transport)
         if self.via is not None and self.tls is not None:
             self._via_reply = b""
             self.transport.write(self.via.connect_request(self.key[1], self.key[2]))
