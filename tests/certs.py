@@ -10,6 +10,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from zope.interface import implementer
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class UnverifiedClient:
+    """TLS client connections that verify nothing: for tests about moving bytes, not about trust."""
+
+    def clientConnectionForTLS(self, tls_protocol: object) -> SSL.Connection:
+        connection = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        connection.set_connect_state()
+        return connection
 
 
 class OriginCA:

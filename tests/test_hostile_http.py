@@ -144,10 +144,15 @@ class Reader:
             assert names[-1] == b"chunked" and names.count(b"chunked") == 1, \
                 f"the proxy sent Transfer-Encoding: {codings!r}"
             response.body, response.complete = self._chunked()
+            if not response.complete:  # cut short: the rest that arrived is still this response's
+                response.body, self.buffer = response.body + self.buffer, b""
         elif lengths:
             assert len(set(lengths)) == 1 and lengths[0].isdigit(), f"the proxy sent Content-Length {lengths!r}"
             body = self._take(int(lengths[0]))
-            response.body, response.complete = (body, True) if body is not None else (self.buffer, False)
+            if body is not None:
+                response.body, response.complete = body, True
+            else:  # cut short: what did arrive is this response's, not bytes after it
+                response.body, self.buffer, response.complete = self.buffer, b"", False
         else:
             response.close_delimited = True
             while self._fill():

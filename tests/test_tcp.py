@@ -5,15 +5,13 @@ from __future__ import annotations
 import socket
 
 import pytest
-from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.tcp import Connection
 from twisted.internet.testing import MemoryReactor
-from zope.interface import implementer
 
 from capture import tcp
 from capture.tlsbulk import BulkTLSFactory
+from certs import UnverifiedClient
 
 
 class Reads(Protocol):
@@ -22,14 +20,6 @@ class Reads(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.reads.append(len(data))
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class ClientCreator:
-    def clientConnectionForTLS(self, tls_protocol: object) -> SSL.Connection:
-        connection = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
-        connection.set_connect_state()
-        return connection
 
 
 @pytest.fixture
@@ -75,7 +65,7 @@ def test_tls_wrapped_connection_tunes_the_socket_underneath(pair):
     """Given the TLS transport a protocol sees, the TCP connection under it is the one tuned."""
     ours, _ = pair
     connection = Connection(ours, None, MemoryReactor())
-    tls = BulkTLSFactory(ClientCreator(), True, Factory.forProtocol(Protocol)).buildProtocol(None)
+    tls = BulkTLSFactory(UnverifiedClient(), True, Factory.forProtocol(Protocol)).buildProtocol(None)
     connection.protocol = tls
     tls.makeConnection(connection)
 

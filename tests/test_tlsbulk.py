@@ -12,15 +12,13 @@ import hashlib
 
 import pytest
 from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.test.iosim import connectedServerAndClient
-from zope.interface import implementer
 
 from capture.tls import ServerConnection
 from capture.tlsbulk import MAX_DELIVERY, BulkTLSFactory
-from certs import OriginCA
+from certs import OriginCA, UnverifiedClient
 
 RECORD = 16 * 1024
 
@@ -46,16 +44,6 @@ class Recorder(Protocol):
         return b"".join(self.deliveries)
 
 
-@implementer(IOpenSSLClientConnectionCreator)
-class ClientCreator:
-    """A client connection without verification: this layer's tests are about moving bytes."""
-
-    def clientConnectionForTLS(self, tls_protocol: object) -> SSL.Connection:
-        connection = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
-        connection.set_connect_state()
-        return connection
-
-
 @pytest.fixture(scope="module")
 def server_context(tmp_path_factory) -> SSL.Context:
     cert, key = OriginCA(tmp_path_factory.mktemp("bulk")).issue("server", ["localhost"])
@@ -72,7 +60,7 @@ def tls_pair(server_context):
     server_app, client_app = Recorder(), Recorder()
     server_factory = BulkTLSFactory(ServerConnection(server_context), False, Factory.forProtocol(lambda: server_app),
                                     clock=clock)
-    client_factory = BulkTLSFactory(ClientCreator(), True, Factory.forProtocol(lambda: client_app), clock=clock)
+    client_factory = BulkTLSFactory(UnverifiedClient(), True, Factory.forProtocol(lambda: client_app), clock=clock)
     client, _server, pump = connectedServerAndClient(
         lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None), clock=clock,
     )
