@@ -31,6 +31,7 @@ from typing import Any
 from capture import filters
 from capture.flow import Flow, iso_time, media_type
 from capture.sessiond import query
+from capture.sessiond.pacing import Pacer
 
 SCHEMA_VERSION = 3
 
@@ -202,6 +203,9 @@ _INSERT_FLOW = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_RECORD = "INSERT INTO flow_records (id, record) VALUES (?, ?)"
+_INSERT_LINK = "INSERT INTO session_flows (session_id, time, flow_id) VALUES (?, ?, ?)"
+# Flows inserted per round of statements in ingest, between two chances to pace.
+_INSERT_CHUNK = 8
 
 # A session's flows with their summary columns: the FROM and WHERE every
 # listing, filter and statistic starts from.
@@ -251,8 +255,15 @@ class Store:
     reactor thread, or a single worker thread).
     """
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str,
+        clock: Callable[[], float] = time.time,
+        pace: Callable[[], None] | None = None,
+    ) -> None:
         self._clock = clock
+        # Called between the flows of a batch: see capture.sessiond.pacing.
+        self._pace = pace or Pacer()
         #: Flows dropped by :meth:`ingest` because they could not be decoded.
         self.rejected = 0
         if path != ":memory:":
@@ -398,7 +409,17 @@ class Store:
             links: list[tuple[int, float, int]] = []
             counts: Counter[int] = Counter()
             stored: list[tuple[int, list[int], Flow]] = []
+
+            def insert() -> None:
+                # A few flows at a time, so that the CPU can be offered in between.
+                db.executemany(_INSERT_FLOW, flow_rows)
+                db.executemany(_INSERT_RECORD, records)
+                db.executemany(_INSERT_LINK, links)
+                for pending in (flow_rows, records, links):
+                    pending.clear()
+
             for item in batch:
+                self._pace()
                 try:
                     seq, session_ids, record = item
                 except (TypeError, ValueError):
@@ -428,12 +449,11 @@ class Store:
                     counts[session_id] += 1
                 if on_stored is not None:
                     stored.append((next_id, list(targets), flow))
+                if len(flow_rows) == _INSERT_CHUNK:
+                    insert()
             if flow_rows:
-                db.executemany(_INSERT_FLOW, flow_rows)
-                db.executemany(_INSERT_RECORD, records)
-                db.executemany(
-                    "INSERT INTO session_flows (session_id, time, flow_id) VALUES (?, ?, ?)", links
-                )
+                insert()
+            if counts:
                 db.executemany(
                     "UPDATE sessions SET flow_count = flow_count + ? WHERE id = ?",
                     [(count, session_id) for session_id, count in counts.items()],
