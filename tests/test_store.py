@@ -391,6 +391,74 @@ def test_ingest_deduplicates_resent_batch(store):
     assert store.get_session(sid)["flow_count"] == 3
 
 
+class CountingPace:
+    """A pacer that counts its calls and notes whether a transaction was open."""
+
+    def __init__(self, fail_at: int = 0) -> None:
+        self.calls = 0
+        self.in_transaction = 0
+        self.fail_at = fail_at
+        self.db = None
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.db is not None and self.db.in_transaction:
+            self.in_transaction += 1
+        if self.calls == self.fail_at:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+
+
+def test_ingest_paces_a_big_batch_within_one_transaction(tmp_path):
+    """A batch larger than one round of inserts is paced per flow and stored whole, in order."""
+    pace = CountingPace()
+    with Store(str(tmp_path / "s.db"), pace=pace) as s:
+        pace.db = s._db
+        sid = s.create_session("s")["id"]
+        good = [seq for seq in range(1, 52) if seq != 11]
+        batch = [(seq, [sid], wire(path=f"/{seq}", start=T0 + seq)) for seq in good]
+        batch.insert(10, (11, [sid], b"not a flow"))  # a bad item among them
+        pace.calls = pace.in_transaction = 0
+        assert s.ingest("p", batch) == 51
+        assert pace.calls >= 51 and pace.in_transaction >= 51
+        assert s.rejected == 1
+        flows, total = s.list_flows(sid, limit=100)
+        assert total == 50
+        assert [f["path"] for f in flows] == [f"/{seq}" for seq in good]
+        assert [f["id"] for f in flows] == list(range(flows[0]["id"], flows[0]["id"] + 50))
+        assert s.get_session(sid)["flow_count"] == 50
+
+
+def test_ingest_failing_between_rounds_of_inserts_stores_nothing(tmp_path):
+    """The rounds of inserts are one transaction: a failure after some rounds keeps none of them."""
+    path = str(tmp_path / "s.db")
+    with Store(path) as s:
+        sid = s.create_session("s")["id"]
+    pace = CountingPace()
+    with Store(path, pace=pace) as s:
+        batch = [(seq, [sid], wire(path=f"/{seq}")) for seq in range(1, 41)]
+        pace.calls, pace.fail_at = 0, 30  # after three rounds of 8 inserts
+        with pytest.raises(sqlite3.OperationalError):
+            s.ingest("p", batch)
+        assert s.list_flows(sid)[1] == 0
+        assert s.last_seq("p") == 0
+        assert s.get_session(sid)["flow_count"] == 0
+        pace.fail_at = 0
+        assert s.ingest("p", batch) == 40
+        assert s.list_flows(sid)[1] == 40
+
+
+def test_a_long_statement_paces_itself(tmp_path):
+    """Statistics run in SQL alone, and the pacer is still called from inside the statement."""
+    pace = CountingPace()
+    with Store(str(tmp_path / "s.db"), pace=pace) as s:
+        sid = s.create_session("s")["id"]
+        s.ingest("p", [(seq, [sid], wire(path=f"/{seq}", host=f"h{seq % 50}.example"))
+                       for seq in range(1, 3001)])
+        before = pace.calls
+        assert s.stats(sid)["flows"] == 3000
+        assert pace.calls > before
+
+
 def test_ingest_keeps_instances_apart(store):
     """Sequence numbers are per instance: a new proxy instance starting at 1 is not a resend."""
     sid = store.create_session("s")["id"]
