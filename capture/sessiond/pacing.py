@@ -1,12 +1,17 @@
 """Giving the CPU back while storing, so that the proxy's traffic never waits behind the store.
 
-The session manager shares its CPU with the proxy, the origin or the
-clients.  Some kernels do not preempt a busy process when one of these
-wakes up on its CPU; it waits until the next scheduler tick, 4 ms at 250 Hz,
-whatever the store's priority.  On the lab machine in ``bench/README.md``, a
-busy loop with the store's duty cycle cost the proxy a fifth of its requests
-at 10 connections, at nice 0 or under ``SCHED_IDLE``.  The same loop cost
-nothing once it stepped aside every 100 to 250 µs.
+The session manager shares its CPUs with the proxy, and in the lab with the
+origin and the clients too.  On the lab machine in ``bench/README.md``, the
+kernel left a process woken on a busy CPU waiting until the next scheduler
+tick (4 ms at 250 Hz), whatever the busy process's priority: a plain loop
+with the store's duty cycle cost the proxy a fifth of its requests at 10
+connections, at nice 0 and under ``SCHED_IDLE`` alike.  The same loop cost
+nothing once it called ``sched_yield`` every 100 to 250 µs.
+
+Shorter is not free: where the store shares one saturated CPU with the
+proxy, each offer is taken, batches take longer from end to end, and a
+standing queue of unacknowledged flows builds up in the proxy, bounded by
+its delivery window (see bench/README.md for the figures).
 """
 
 from __future__ import annotations
