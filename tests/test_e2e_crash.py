@@ -80,7 +80,7 @@ def settled(appliance) -> bool:
 def test_session_manager_killed_five_times_loses_and_duplicates_nothing(appliance, origin):
     """SIGKILL of the session manager at random moments during a stream: every answered request stored once."""
     session = appliance.new_session()
-    stream = NumberedStream(appliance, origin, count=3000, deadline=60).start()
+    stream = NumberedStream(appliance, origin, count=100000, deadline=60).start()
     rng = random.Random(7)
     pids: set[int] = set()
     for _ in range(5):
