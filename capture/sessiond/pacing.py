@@ -1,9 +1,9 @@
 """Giving the CPU back while storing, so that the proxy's traffic never waits behind the store.
 
 The session manager shares its CPUs with the proxy, and in the lab with the
-origin and the clients too.  On the lab machine in ``bench/README.md``, the
-kernel left a process woken on a busy CPU waiting until the next scheduler
-tick (4 ms at 250 Hz), whatever the busy process's priority: a plain loop
+origin and the clients too.  On the lab machine in ``bench/README.md``, a
+process woken on a busy CPU could wait up to a scheduler tick (4 ms at
+250 Hz) before it ran, whatever the busy process's priority: a plain loop
 with the store's duty cycle cost the proxy a fifth of its requests at 10
 connections, at nice 0 and under ``SCHED_IDLE`` alike.  The same loop cost
 nothing once it called ``sched_yield`` every 100 to 250 µs.
