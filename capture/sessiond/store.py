@@ -205,8 +205,9 @@ _INSERT_FLOW = (
 _INSERT_RECORD = "INSERT INTO flow_records (id, record) VALUES (?, ?)"
 _INSERT_LINK = "INSERT INTO session_flows (session_id, time, flow_id) VALUES (?, ?, ?)"
 # SQLite virtual-machine steps between two calls of the pacer from inside a
-# statement: some 50 to 100 µs of work, so checking the clock costs under 1 %.
-_PACE_OPCODES = 10_000
+# statement: 60 to 130 µs apart in bench/store_query.py's statistics and
+# searches, short beside the pacer's slice, long beside the call itself.
+_PACE_OPCODES = 5_000
 # Flows inserted per round of statements in ingest, between two chances to pace.
 _INSERT_CHUNK = 8
 
