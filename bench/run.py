@@ -904,7 +904,7 @@ def report(results: list[dict[str, Any]], info: dict[str, str], args: argparse.N
             line = (f"\nCapture on vs off ({base}): {on['rps']:,.0f} vs {off['rps']:,.0f} req/s = "
                     f"{100 * on['rps'] / off['rps']:.0f} %")
             # The two run back to back in each round, so a round's own ratio cancels
-            # whatever slowed that whole round down (another guest, a busy host).
+            # whatever slowed that whole round down.
             paired = [a / b for a, b in zip(on.get("rounds", []), off.get("rounds", [])) if a and b]
             if len(paired) > 1:
                 line += (f"; round by round {', '.join(f'{100 * p:.0f}' for p in paired)} %, "
