@@ -69,8 +69,12 @@ def build(path: str, count: int, body_size: int, batch_size: int) -> tuple[Store
     rnd = random.Random(1)
     flows = [packed_flow(i, rnd, body_size) for i in range(count)]
     started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    longest = 0.0  # the CPU of the costliest call: how long the store can hold a CPU at once
     for first in range(0, count, batch_size):
-        store.ingest("bench", [(i + 1, [session_id], flows[i]) for i in range(first, min(count, first + batch_size))])
+        batch = [(i + 1, [session_id], flows[i]) for i in range(first, min(count, first + batch_size))]
+        call = time.process_time()
+        store.ingest("bench", batch)
+        longest = max(longest, time.process_time() - call)
     elapsed, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
     stored = store.get_session(session_id)["flow_count"]
     if stored != count:
@@ -78,7 +82,8 @@ def build(path: str, count: int, body_size: int, batch_size: int) -> tuple[Store
     size = sum(os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix))
     user, system = ((after.ru_utime - cpu.ru_utime) / count * 1e6, (after.ru_stime - cpu.ru_stime) / count * 1e6)
     print(f"ingested {count} flows in batches of {batch_size} in {elapsed:.1f} s ({count / elapsed:.0f}/s),"
-          f" CPU per flow {user:.1f} us user + {system:.1f} us system, store {size / 1e6:.0f} MB")
+          f" CPU per flow {user:.1f} us user + {system:.1f} us system, longest call {longest * 1e3:.1f} ms CPU,"
+          f" store {size / 1e6:.0f} MB")
     return store, session_id
 
 
