@@ -266,7 +266,7 @@ class Store:
         pace: Callable[[], None] | None = None,
     ) -> None:
         self._clock = clock
-        # Called between the flows of a batch: see capture.sessiond.pacing.
+        # Called between small pieces of work (a flow, a decoded row, SQLite steps): see capture.sessiond.pacing.
         self._pace = pace or Pacer()
         #: Flows dropped by :meth:`ingest` because they could not be decoded.
         self.rejected = 0
