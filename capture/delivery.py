@@ -22,13 +22,13 @@ from typing import Any, Iterable
 import msgpack
 from twisted.logger import Logger
 
-from capture.flow import Flow
+from capture.flow import pack_fields
 
 log = Logger()
 
 
 class Item:
-    """One flow waiting for delivery, already packed (``Flow.pack``)."""
+    """One flow waiting for delivery, already packed (``pack_fields``)."""
 
     __slots__ = ("instance", "seq", "sessions", "flow", "size")
 
@@ -199,8 +199,9 @@ class DeliveryQueue:
     def pending(self) -> int:
         return self.in_memory + self.spilled
 
-    def add(self, flow: Flow, sessions: list[int]) -> None:
-        item = Item(self.instance, self._next_seq, sessions, flow.pack())
+    def add(self, flow: tuple[Any, ...], sessions: list[int]) -> None:
+        """Queue a finished flow: a ``Flow``, or its fields as a plain tuple (``pack_fields``)."""
+        item = Item(self.instance, self._next_seq, sessions, pack_fields(flow))
         self._next_seq += 1
         self._unsent.append(item)
         self.memory_bytes += item.size

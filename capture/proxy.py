@@ -25,7 +25,6 @@ from zope.interface import implementer
 from capture import http1, pages, tcp
 from capture.ca import CertificateAuthority
 from capture.config import Settings
-from capture.flow import Flow, Message
 from capture.rules import SessionRule, matching_sessions
 from capture.shipper import Shipper
 from capture.tls import UpstreamTLS
@@ -97,8 +96,11 @@ class ProxyFactory(Factory):
                 self._allowed[client] = verdict
         return verdict
 
-    def redact(self, headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
-        """Headers as stored: values of [capture] redact names masked, so secrets never reach the store."""
+    def redact(self, headers: list[tuple[bytes, bytes]],
+               trailers: list[tuple[bytes, bytes]] = ()) -> tuple[tuple[bytes, bytes], ...]:
+        """Headers (then trailers) as stored: values of [capture] redact names masked, so secrets never reach the store."""
+        if trailers:
+            headers = headers + trailers
         names = self._redact
         if not names:
             return tuple(headers)
@@ -111,8 +113,9 @@ class ProxyFactory(Factory):
             return True
         return (client, name) in self.auto_passthrough
 
-    def record(self, candidates: tuple[SessionRule, ...], flow: Flow) -> None:
-        """Hand a finished flow to the shipper for every session that wants it."""
+    def record(self, candidates: tuple[SessionRule, ...], flow: tuple[Any, ...]) -> None:
+        """Hand a finished flow (a ``Flow``, or its fields as ``pack_fields`` takes them) to the shipper
+        for every session that wants it."""
         sessions = matching_sessions(candidates, flow)
         if sessions:
             self.shipper.submit(flow, sessions)
@@ -634,8 +637,9 @@ class Exchange:
         # capture
         self._candidates = factory.shipper.rules.for_client(proxy.client)
         self._limit = factory.settings.proxy.max_capture_body
-        self._request_body = bytearray() if self._candidates else None
-        self._response_body: bytearray | None = None
+        # Captured body chunks, up to the limit; joined once, when the flow is built.
+        self._request_body: list[bytes] | None = [] if self._candidates else None
+        self._response_body: list[bytes] | None = None
 
     # -- request side, fed by the client's parser -----------------------------------
 
@@ -672,10 +676,10 @@ class Exchange:
         d.addCallbacks(self._connected, self._connect_failed)
 
     def request_body(self, data: bytes) -> None:
-        self._request_size += len(data)
-        body = self._request_body
-        if body is not None and len(body) < self._limit:
-            body += data[: self._limit - len(body)]
+        size = self._request_size
+        self._request_size = size + len(data)
+        if self._request_body is not None and size < self._limit:
+            self._request_body.append(data[: self._limit - size])
         if self._pending is not None:
             self._pending.append(data)
         elif self.upstream is not None:
@@ -781,15 +785,15 @@ class Exchange:
         # A proxy sends its own HTTP version (RFC 9110 6.2), so a 1.0 origin does not end keep-alive.
         client.write(http1.response_head(b"1.1", status, reason, out_headers))
         if self._candidates and any(rule.capture_responses for rule in self._candidates):
-            self._response_body = bytearray()
+            self._response_body = []
         if framing != "none":
             client.registerProducer(self.upstream.transport, True)
 
     def response_body(self, data: bytes) -> None:
-        self._response_size += len(data)
-        body = self._response_body
-        if body is not None and len(body) < self._limit:
-            body += data[: self._limit - len(body)]
+        size = self._response_size
+        self._response_size = size + len(data)
+        if self._response_body is not None and size < self._limit:
+            self._response_body.append(data[: self._limit - size])
         if self._out_framing == "chunked":
             if data:
                 self.proxy.transport.writeSequence(http1.chunk(data))
@@ -903,47 +907,35 @@ class Exchange:
         self.proxy.exchange_finished(self, keep_alive)
 
     def _record(self, error: str, local_status: bool = False) -> None:
-        """Build the flow and hand it to the shipper, if any session wants it."""
+        """Gather the flow and hand it on, if any session may want it.
+
+        On the hot path of every captured request, so the flow stays a plain
+        tuple of ``Flow``'s fields (``pack_fields``): a named tuple costs
+        several times as much to build.  A body that came in one chunk is kept
+        without a copy.
+        """
         candidates = self._candidates
         if not candidates or self.target is None:
             return
-        now = self.proxy.factory.reactor.seconds()
+        factory = self.proxy.factory
+        target = self.target
         response = None
         if self.response_started and not local_status:
-            captured = self._response_body
-            response = Message(
-                headers=self.proxy.factory.redact(self._response_headers + self._response_trailers),
-                body=bytes(captured) if captured is not None else b"",
-                size=self._response_size,
-                truncated=captured is None or self._response_size > len(captured),
-            )
-        request_body = self._request_body
-        flow = Flow(
-            client=self.proxy.client,
-            client_port=self.proxy.client_port,
-            scheme=self.target.scheme,
-            host=self.target.host,
-            port=self.target.port,
-            method=self.method.decode("latin-1"),
-            path=self.target.path,
-            http_version=self.version.decode("ascii"),
-            request=Message(
-                headers=self.proxy.factory.redact(self.headers + self._request_trailers),
-                body=bytes(request_body),
-                size=self._request_size,
-                truncated=self._request_size > len(request_body),
-            ),
-            status=self._status if response is not None else 0,
-            reason=self._reason.decode("latin-1"),
-            response=response,
-            start=self.start_time,
-            request_done=self._request_done,
-            response_start=self._response_start,
-            end=now,
-            error=error if not local_status else f"{self._status} {error}",
-            server_ip=self._server_ip,
-        )
-        self.proxy.factory.record(candidates, flow)
+            chunks = self._response_body
+            body = b"".join(chunks) if chunks is not None else b""
+            size = self._response_size
+            response = (factory.redact(self._response_headers, self._response_trailers), body, size,
+                        chunks is None or size > len(body))
+        body = b"".join(self._request_body)
+        size = self._request_size
+        factory.record(candidates, (
+            self.proxy.client, self.proxy.client_port, target.scheme, target.host, target.port,
+            self.method.decode("latin-1"), target.path, self.version.decode("ascii"),
+            (factory.redact(self.headers, self._request_trailers), body, size, size > len(body)),
+            self._status if response is not None else 0, self._reason.decode("latin-1"), response,
+            self.start_time, self._request_done, self._response_start, factory.reactor.seconds(),
+            f"{self._status} {error}" if local_status else error, self._server_ip, "http",
+        ))
 
 
 def _host_header(headers: list[tuple[bytes, bytes]]) -> str:

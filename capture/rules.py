@@ -25,6 +25,7 @@ class SessionRule:
     networks: tuple[Network, ...]
     matches: Callable[[Flow], bool]
     capture_responses: bool
+    everything: bool = False  # the filter matches every flow: no need to call it per flow
 
     def wants_client(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return not self.networks or any(address in net for net in self.networks)
@@ -60,18 +61,33 @@ class RuleSet:
         return found
 
 
-def matching_sessions(candidates: tuple[SessionRule, ...], flow: Flow) -> list[int]:
-    """Ids of the candidate sessions whose filter accepts the finished flow."""
-    return [rule.session_id for rule in candidates if rule.matches(flow)]
+def matching_sessions(candidates: tuple[SessionRule, ...], fields: tuple[Any, ...]) -> list[int]:
+    """Ids of the candidate sessions whose filter accepts the finished flow.
+
+    The flow comes as a ``Flow`` or as its fields (``Flow.from_fields``): it is
+    built only if some session's filter has to look at it.
+    """
+    found = []
+    flow = None
+    for rule in candidates:
+        if not rule.everything:
+            if flow is None:
+                flow = Flow.from_fields(fields)
+            if not rule.matches(flow):
+                continue
+        found.append(rule.session_id)
+    return found
 
 
 def _compile(session: dict[str, Any]) -> SessionRule:
     networks = tuple(ipaddress.ip_network(c, strict=False) for c in session.get("clients") or ())
+    matches = filters.parse(session.get("filter") or "")
     return SessionRule(
         session_id=int(session["id"]),
         networks=networks,
-        matches=filters.parse(session.get("filter") or ""),
+        matches=matches,
         capture_responses=bool(session.get("capture_responses", True)),
+        everything=matches == filters.Const(True),
     )
 
 

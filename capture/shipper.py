@@ -19,7 +19,6 @@ from twisted.logger import Logger
 
 from capture import wire
 from capture.delivery import DeliveryQueue, SpillFile
-from capture.flow import Flow
 from capture.rules import RuleSet
 
 BATCH_ITEMS = 256
@@ -77,8 +76,8 @@ class Shipper:
     def dropped(self) -> int:
         return self.queue.dropped
 
-    def submit(self, flow: Flow, sessions: list[int]) -> None:
-        """Queue a finished flow for the given sessions; never blocks."""
+    def submit(self, flow: tuple[Any, ...], sessions: list[int]) -> None:
+        """Queue a finished flow (a ``Flow`` or its fields, see ``pack_fields``) for the given sessions; never blocks."""
         self.queue.add(flow, sessions)
         self._schedule_flush()
 
