@@ -8,7 +8,7 @@ import re
 import msgpack
 import pytest
 
-from capture.flow import WIRE_VERSION, Flow, Message, iso_time
+from capture.flow import WIRE_VERSION, Flow, Message, iso_time, pack_fields
 
 T0 = 1700000000.0  # 2023-11-14T22:13:20Z
 
@@ -89,6 +89,26 @@ def test_packed_form_is_a_versioned_array() -> None:
     assert len(fields) == 1 + len(Flow._fields)
     assert fields[1 + Flow._fields.index("host")] == flow.host
     assert fields[1 + Flow._fields.index("request")][1] == flow.request.body
+
+
+def _plain(flow: Flow) -> tuple:
+    """The flow's fields as a plain tuple, messages as plain 4-tuples: how the proxy gathers a flow."""
+    return (*flow[:8], tuple(flow.request), *flow[9:11], None if flow.response is None else tuple(flow.response),
+            *flow[12:])
+
+
+@pytest.mark.parametrize("response", [True, False])
+def test_plain_fields_pack_and_build_as_the_flow(response: bool) -> None:
+    """Plain tuples in field order pack to the Flow's own bytes, and from_fields builds that same Flow."""
+    flow = make_flow() if response else make_flow(response=None, status=0, error="refused")
+    fields = _plain(flow)
+    assert type(fields) is tuple and type(fields[8]) is tuple
+    assert pack_fields(fields) == flow.pack()
+    built = Flow.from_fields(fields)
+    assert built == flow
+    assert isinstance(built.request, Message)
+    assert built.response is None if not response else isinstance(built.response, Message)
+    assert Flow.from_fields(flow) is flow
 
 
 def test_pack_round_trip_without_response() -> None:

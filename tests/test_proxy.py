@@ -238,6 +238,26 @@ def test_capture_is_truncated_but_traffic_is_not():
     assert (flow.response.body, flow.response.size, flow.response.truncated) == (b"abcd", 6, True)
 
 
+def test_capture_gathers_bodies_read_in_pieces_up_to_the_limit():
+    """Bodies that arrive over several reads are kept whole below the limit and cut inside the piece that crosses it."""
+    proxy, client, pool, shipper, _ = make_proxy("[proxy]\nmax_capture_body = 5\n")
+    proxy.dataReceived(b"POST http://h/ HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n012")
+    proxy.dataReceived(b"345")
+    proxy.dataReceived(b"6789")
+    assert pool.connections[0].transport.value().endswith(b"0123456789")
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")
+    upstream_reply(pool, b"2\r\ncd\r\n")
+    upstream_reply(pool, b"1\r\ne\r\n0\r\n\r\n")
+    proxy.dataReceived(b"PUT http://h/ HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nwx")
+    proxy.dataReceived(b"yz")
+    upstream_reply(pool, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    first, second = queued(shipper)
+    assert (first.request.body, first.request.size, first.request.truncated) == (b"01234", 10, True)
+    assert (first.response.body, first.response.size, first.response.truncated) == (b"abcde", 5, False)
+    assert (second.request.body, second.request.size, second.request.truncated) == (b"wxyz", 4, False)
+    assert (second.response.body, second.response.truncated) == (b"", False)
+
+
 def test_sessions_without_capture_responses_store_no_response_body():
     """capture_responses off: status and headers are kept, the body is not."""
     sessions = [{"id": 1, "clients": [], "filter": "", "capture_responses": False}]

@@ -167,3 +167,18 @@ def test_matching_sessions_applies_filters() -> None:
     assert matching_sessions(candidates, make_flow(method="POST", host="other.org")) == [2, 3]
     assert matching_sessions(candidates, make_flow(status=404)) == [1, 3, 4, 5]
     assert matching_sessions((), make_flow()) == []
+
+
+def test_matching_sessions_takes_plain_fields() -> None:
+    """The proxy's plain field tuples are filtered like a Flow."""
+    flow = make_flow(method="POST")
+    fields = (*flow[:8], tuple(flow.request), *flow[9:11], tuple(flow.response), *flow[12:])
+    candidates = RuleSet.from_sessions([session(1, filter="~m POST"), session(2, filter="~m GET"), session(3)]).rules
+    assert matching_sessions(candidates, fields) == [1, 3]
+
+
+def test_sessions_that_take_everything_do_not_look_at_the_flow() -> None:
+    """No flow is built, and no filter called, when every candidate takes everything."""
+    rules = RuleSet.from_sessions([session(1), session(2, filter="~all"), session(3, filter="~m GET")]).rules
+    assert [rule.everything for rule in rules] == [True, True, False]
+    assert matching_sessions(rules[:2], ()) == [1, 2]  # () would fail to build into a Flow
