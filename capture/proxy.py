@@ -784,8 +784,10 @@ class Exchange:
             out_headers.append((b"Connection", b"keep-alive"))
         # A proxy sends its own HTTP version (RFC 9110 6.2), so a 1.0 origin does not end keep-alive.
         client.write(http1.response_head(b"1.1", status, reason, out_headers))
-        if self._candidates and any(rule.capture_responses for rule in self._candidates):
-            self._response_body = []
+        for rule in self._candidates:
+            if rule.capture_responses:
+                self._response_body = []
+                break
         if framing != "none":
             client.registerProducer(self.upstream.transport, True)
 
