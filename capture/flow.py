@@ -177,12 +177,15 @@ class Flow(NamedTuple):
 
     @classmethod
     def from_fields(cls, fields: tuple[Any, ...]) -> Flow:
-        """A flow from a plain tuple in field order, messages as plain 4-tuples (see ``pack_fields``)."""
+        """A flow from a plain tuple in field order, messages as plain 4-tuples (see ``pack_fields``).
+
+        Headers may come as a list of pairs there; the flow holds them as a tuple.
+        """
         if isinstance(fields, Flow):
             return fields
         request, response = fields[8], fields[11]
-        return cls(*fields[:8], Message(*request), *fields[9:11], None if response is None else Message(*response),
-                   *fields[12:])
+        return cls(*fields[:8], Message(tuple(request[0]), *request[1:]), *fields[9:11],
+                   None if response is None else Message(tuple(response[0]), *response[1:]), *fields[12:])
 
     @classmethod
     def unpack(cls, record: bytes) -> Flow:
@@ -251,7 +254,8 @@ class Flow(NamedTuple):
 
 
 def pack_fields(fields: tuple[Any, ...]) -> bytes:
-    """The packed form of a ``Flow``, or of a plain tuple of its fields in order, messages as 4-tuples.
+    """The packed form of a ``Flow``, or of a plain tuple of its fields in order, messages as 4-tuples
+    (their headers a tuple or a list of pairs).
 
     Both pack to the same bytes; the proxy uses plain tuples because a named
     tuple costs several times as much to build, per request.

@@ -97,14 +97,17 @@ class ProxyFactory(Factory):
         return verdict
 
     def redact(self, headers: list[tuple[bytes, bytes]],
-               trailers: list[tuple[bytes, bytes]] = ()) -> tuple[tuple[bytes, bytes], ...]:
-        """Headers (then trailers) as stored: values of [capture] redact names masked, so secrets never reach the store."""
+               trailers: list[tuple[bytes, bytes]] = ()) -> list[tuple[bytes, bytes]]:
+        """Headers (then trailers) as stored: values of [capture] redact names masked, so secrets never reach the store.
+
+        Without names to mask, the list itself comes back: it is packed at once, not kept.
+        """
         if trailers:
             headers = headers + trailers
         names = self._redact
         if not names:
-            return tuple(headers)
-        return tuple((n, REDACTED) if n.lower() in names else (n, v) for n, v in headers)
+            return headers
+        return [(n, REDACTED) if n.lower() in names else (n, v) for n, v in headers]
 
     def passes_through(self, client: str, name: str, host: str) -> bool:
         """Should this TLS tunnel be relayed untouched instead of intercepted?"""

@@ -172,7 +172,7 @@ def test_matching_sessions_applies_filters() -> None:
 def test_matching_sessions_takes_plain_fields() -> None:
     """The proxy's plain field tuples are filtered like a Flow."""
     flow = make_flow(method="POST")
-    fields = (*flow[:8], tuple(flow.request), *flow[9:11], tuple(flow.response), *flow[12:])
+    fields = (*flow[:8], (list(flow.request.headers), *flow.request[1:]), *flow[9:11], tuple(flow.response), *flow[12:])
     candidates = RuleSet.from_sessions([session(1, filter="~m POST"), session(2, filter="~m GET"), session(3)]).rules
     assert matching_sessions(candidates, fields) == [1, 3]
 
