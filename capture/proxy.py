@@ -97,7 +97,7 @@ class ProxyFactory(Factory):
         return verdict
 
     def redact(self, headers: list[tuple[bytes, bytes]],
-               trailers: list[tuple[bytes, bytes]] = ()) -> list[tuple[bytes, bytes]]:
+               trailers: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
         """Headers (then trailers) as stored: values of [capture] redact names masked, so secrets never reach the store.
 
         Without names to mask, the list itself comes back: it is packed at once, not kept.
