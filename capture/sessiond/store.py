@@ -160,7 +160,8 @@ def _migrate_v2(db: sqlite3.Connection) -> None:
         summaries, records = [], []
         for row in chunk:
             record = row[-1]
-            summaries.append((*row[:-1], *_v2_columns(Flow.unpack(record))))
+            flow = Flow.unpack(record)
+            summaries.append((*row[:-1], *_v2_columns(flow, flow.url)))
             records.append((row[0], record))
         db.executemany(_INSERT_FLOW, summaries)
         db.executemany(_INSERT_RECORD, records)
@@ -869,7 +870,8 @@ def _flow_row(flow: Flow) -> tuple[Any, ...]:
     for number in (flow.client_port, flow.port, flow.status, flow.request.size, response_size):
         if not _INT64[0] <= number <= _INT64[1]:
             raise ValueError("flow number out of range")
-    has_response, request_type, response_type, plain = _v2_columns(flow)
+    url = flow.url
+    has_response, request_type, response_type, plain = _v2_columns(flow, url)
     return (
         flow.start,
         flow.client,
@@ -879,7 +881,7 @@ def _flow_row(flow: Flow) -> tuple[Any, ...]:
         flow.host,
         flow.port,
         flow.path,
-        flow.url,
+        url,
         flow.status,
         flow.request.size,
         response_size,
@@ -894,13 +896,16 @@ def _flow_row(flow: Flow) -> tuple[Any, ...]:
     )
 
 
-def _v2_columns(flow: Flow) -> tuple[int, str | None, str | None, int]:
-    """has_response, request_type, response_type, plain: see :func:`_migrate_v2`."""
+def _v2_columns(flow: Flow, url: str) -> tuple[int, str | None, str | None, int]:
+    """has_response, request_type, response_type, plain: see :func:`_migrate_v2`.
+
+    ``url`` is ``flow.url``, which the caller needs too and builds once.
+    """
     response = flow.response
     request_type = flow.request.header("content-type")
     response_type = None if response is None else response.header("content-type")
     return (int(response is not None), request_type, response_type,
-            _plain(flow.method, flow.url, flow.host, flow.client, request_type or "", response_type or ""))
+            _plain(flow.method, url, flow.host, flow.client, request_type or "", response_type or ""))
 
 
 def _plain(*texts: str) -> int:
