@@ -70,20 +70,17 @@ def measure(args: argparse.Namespace, tmp: Path, children: harness.Children) -> 
     bench = harness.Bench(argparse.Namespace(seconds=5, quick=False, big_mib=1, load_cpus="1"), children, tmp)
     bench.start_origin()
     out = tmp / "callgrind.out"
-    start = children.start
 
-    def under_callgrind(name: str, argv: list[str], **kw: Any) -> Any:
-        if name == "capture":
-            at = argv.index(sys.executable)
-            script = argv.index("-c", at) + 1
-            argv = list(argv)
-            argv[script] = f"import capture.shipper as s; s.FLUSH_DELAY = {SLOW_FLUSH_DELAY}\n" + argv[script]
-            argv[at:at] = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-        return start(name, argv, **kw)
+    def under_callgrind(argv: list[str]) -> list[str]:
+        at = argv.index(sys.executable)
+        script = argv.index("-c", at) + 1
+        argv = list(argv)
+        argv[script] = f"import capture.shipper as s; s.FLUSH_DELAY = {SLOW_FLUSH_DELAY}\n" + argv[script]
+        argv[at:at] = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+        return argv
 
-    children.start = under_callgrind  # type: ignore[method-assign]
-    harness.Capture._ready.__defaults__ = (900,)  # a proxy under valgrind takes a while to start
-    capture = harness.Capture(children, tmp, bench.origin_ca, "0", 1, "1")
+    # A proxy under valgrind takes a while to start.
+    capture = harness.Capture(children, tmp, bench.origin_ca, "0", 1, "1", wrap=under_callgrind, ready_timeout=900)
     pid = str(capture.proxy_pids()[0])
     url = bench.url("http", "1k.bin")
 

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -432,7 +432,8 @@ class Capture:
     tool = "capture"
 
     def __init__(self, children: Children, tmp: Path, origin_ca: Path, cpus: str | None, workers: int,
-                 sessiond_cpus: str | None = None) -> None:
+                 sessiond_cpus: str | None = None, *, wrap: Callable[[list[str]], list[str]] | None = None,
+                 ready_timeout: float = 60) -> None:
         self.children = children
         self.workers = workers
         self.dir = tmp / "capture"
@@ -462,8 +463,11 @@ token_file = {self.dir}/admin.token
         # twistd with the harness's own Python (and the checkout first on the path).
         twistd = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
         argv = [sys.executable, "-c", twistd, "-n", "--pidfile=", "capture", "--config", str(self.config)]
-        self.proc = children.start("capture", pinned(cpus, argv), log=self.log, env=env, cwd=self.dir)
-        self.api = self._ready()
+        argv = pinned(cpus, argv)
+        if wrap is not None:  # bench/instructions.py runs the proxy under callgrind
+            argv = wrap(argv)
+        self.proc = children.start("capture", argv, log=self.log, env=env, cwd=self.dir)
+        self.api = self._ready(ready_timeout)
         if sessiond_cpus:
             # The session manager inherits the proxy's pinning; move it where asked.
             os.sched_setaffinity(self.sessiond_pid(), cpu_set(sessiond_cpus))

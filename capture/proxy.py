@@ -98,7 +98,7 @@ class ProxyFactory(Factory):
 
     def redact(self, headers: list[tuple[bytes, bytes]],
                trailers: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
-        """Headers (then trailers) as stored: values of [capture] redact names masked, so secrets never reach the store.
+        """Headers, then trailers, as stored: [capture] redact names masked, so secrets never reach the store.
 
         Without names to mask, the list itself comes back: it is packed at once, not kept.
         """
@@ -117,8 +117,10 @@ class ProxyFactory(Factory):
         return (client, name) in self.auto_passthrough
 
     def record(self, candidates: tuple[SessionRule, ...], flow: tuple[Any, ...]) -> None:
-        """Hand a finished flow (a ``Flow``, or its fields as ``pack_fields`` takes them) to the shipper
-        for every session that wants it."""
+        """Hand a finished flow to the shipper for every session that wants it.
+
+        ``flow`` is a ``Flow``, or its fields as ``pack_fields`` takes them.
+        """
         sessions = matching_sessions(candidates, flow)
         if sessions:
             self.shipper.submit(flow, sessions)
