@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from capture.flow import Flow, Message  # noqa: E402
-from capture.sessiond.store import Store  # noqa: E402
+from capture.sessiond.store import open_store  # noqa: E402
 
 T0 = 1_700_000_000.0
 HOSTS = ["example.com", "api.example.com", "cdn.example.org", "static.test", "login.test", "metrics.test"]
@@ -64,7 +64,7 @@ def packed_flow(i: int, rnd: random.Random, body_size: int) -> bytes:
 
 def build(path: str, count: int, body_size: int, batch_size: int) -> tuple[Store, int]:
     """Ingest ``count`` flows in batches as the proxy ships them; report the CPU each flow cost."""
-    store = Store(path)
+    store = open_store(path)
     session_id = store.create_session("bench")["id"]
     rnd = random.Random(1)
     flows = [packed_flow(i, rnd, body_size) for i in range(count)]

@@ -225,3 +225,22 @@ def make_appliance(tmp_path: Path) -> Iterator[Callable[..., Appliance]]:
 @pytest.fixture
 def appliance(make_appliance: Callable[..., Appliance]) -> Appliance:
     return make_appliance().start()
+
+
+# -- store backends -----------------------------------------------------------------
+
+#: Every store backend the store test suite runs on.
+STORE_BACKENDS = ("sqlite",)
+
+
+def fresh_database(backend: str, directory: Path) -> str:
+    """A new, empty database of ``backend``, as ``[store] database`` names it."""
+    if backend == "sqlite":
+        return str(directory / "db" / "capture.sqlite")
+    raise ValueError(f"unknown store backend {backend!r}")
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database for one test, once for each store backend."""
+    return fresh_database(request.param, tmp_path)

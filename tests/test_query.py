@@ -24,7 +24,7 @@ from capture.sessiond.query import (
     order_by,
     translate,
 )
-from capture.sessiond.store import Store
+from capture.sessiond.store import SQLiteStore as Store
 
 T0 = 1_700_000_000.0
 

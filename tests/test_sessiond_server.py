@@ -21,7 +21,7 @@ from capture import wire
 from capture.flow import Flow, Message
 from capture.rules import matching_sessions
 from capture.sessiond.server import SessionFactory, SessionManager, SessionProtocol
-from capture.sessiond.store import Store
+from capture.sessiond.store import SQLiteStore as Store
 from capture.shipper import Shipper, ShipperProtocol
 
 PID = 31337

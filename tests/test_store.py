@@ -1,25 +1,21 @@
-"""Tests for capture.sessiond.store: sessions, flows, de-duplication, schema."""
+"""The store test suite, run on every backend: sessions, flows, de-duplication, queries, statistics.
+
+Each test gets a fresh database of each backend in turn (``store_database``
+in conftest.py); what only one backend has (SQLite's schema, pages and
+pacing) is tested in that backend's own file.
+"""
 
 from __future__ import annotations
 
 import base64
-import os
-import sqlite3
-import stat
 
 import msgpack
 import pytest
 
 from capture import filters
 from capture.flow import Flow, Message, iso_time
-from capture.sessiond.store import (
-    SCHEMA_VERSION,
-    Conflict,
-    Invalid,
-    NotFound,
-    Store,
-    StoreError,
-)
+from capture.sessiond.store import Conflict, Invalid, NotFound, open_store
+from conftest import STORE_BACKENDS, fresh_database
 
 T0 = 1_700_000_000.0
 
@@ -79,8 +75,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path, clock):
-    s = Store(str(tmp_path / "db" / "capture.sqlite"), clock=clock)
+def store(store_database, clock):
+    s = open_store(store_database, clock=clock)
     yield s
     s.close()
 
@@ -88,82 +84,16 @@ def store(tmp_path, clock):
 # schema --------------------------------------------------------------------
 
 
-def test_schema_created_with_wal_and_version(tmp_path):
-    """A new store creates its directory, uses WAL, and records the current schema version."""
-    path = tmp_path / "nested" / "dir" / "capture.sqlite"
-    Store(str(path)).close()
-    assert path.exists()
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    db = sqlite3.connect(path)
-    try:
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 3
-        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"sessions", "flows", "flow_records", "session_flows", "delivered", "schema_version"} <= tables
-        indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert "session_flows_flow" in indexes and "sessions_state" in indexes
-        assert not {"flows_host", "flows_status", "flows_method", "flows_client", "flows_time"} & indexes
-    finally:
-        db.close()
-
-
-def test_new_store_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path):
-    """16 KiB pages for a new database; one made with SQLite's 4 KiB default opens and stores as it is."""
-    fresh = tmp_path / "fresh.sqlite"
-    Store(str(fresh)).close()
-    old = tmp_path / "old.sqlite"
-    Store(str(old)).close()
-    db = sqlite3.connect(old)
-    db.execute("PRAGMA journal_mode=DELETE")
-    db.execute("PRAGMA page_size=4096")
-    db.execute("VACUUM")
-    db.close()
-    with Store(str(old)) as store:
-        session = store.create_session("old pages")
-        store.ingest("i", [(1, [session["id"]], wire())])
-        assert store.get_session(session["id"])["flow_count"] == 1
-    for path, size in ((fresh, 16384), (old, 4096)):
-        db = sqlite3.connect(path)
-        try:
-            assert db.execute("PRAGMA page_size").fetchone()[0] == size
-        finally:
-            db.close()
-
-
-def test_reopen_does_not_migrate_again(tmp_path):
-    """Opening an existing store keeps one version row."""
-    path = str(tmp_path / "capture.sqlite")
-    Store(path).close()
-    Store(path).close()
-    db = sqlite3.connect(path)
-    assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-    db.close()
-
-
-def test_newer_schema_refused(tmp_path):
-    """A database from a newer version is refused with a clear message."""
-    path = str(tmp_path / "capture.sqlite")
-    Store(path).close()
-    db = sqlite3.connect(path)
-    db.execute("UPDATE schema_version SET version = 7")
-    db.commit()
-    db.close()
-    with pytest.raises(StoreError, match="schema version 7 is newer"):
-        Store(path)
-
-
-def test_persistence_across_reopen(tmp_path, clock):
+def test_persistence_across_reopen(store_database, clock):
     """Sessions, flows, states and the delivery mark survive closing and reopening."""
-    path = str(tmp_path / "capture.sqlite")
-    s = Store(path, clock=clock)
+    s = open_store(store_database, clock=clock)
     a = s.create_session("a", clients=["10.0.0.0/24"])
     b = s.create_session("b")
     s.ingest("proxy-1", [(1, [a["id"], b["id"]], wire(path="/one")), (2, [a["id"]], wire(path="/two"))])
     s.pause(b["id"])
     s.close()
 
-    s = Store(path, clock=clock)
+    s = open_store(store_database, clock=clock)
     try:
         assert s.get_session(a["id"]) == a | {"flow_count": 2}
         assert s.get_session(b["id"])["state"] == "paused"
@@ -391,74 +321,6 @@ def test_ingest_deduplicates_resent_batch(store):
     assert store.get_session(sid)["flow_count"] == 3
 
 
-class CountingPace:
-    """A pacer that counts its calls and notes whether a transaction was open."""
-
-    def __init__(self, fail_at: int = 0) -> None:
-        self.calls = 0
-        self.in_transaction = 0
-        self.fail_at = fail_at
-        self.db = None
-
-    def __call__(self) -> None:
-        self.calls += 1
-        if self.db is not None and self.db.in_transaction:
-            self.in_transaction += 1
-        if self.calls == self.fail_at:
-            raise sqlite3.OperationalError("disk I/O error (injected)")
-
-
-def test_ingest_paces_a_big_batch_within_one_transaction(tmp_path):
-    """A batch larger than one round of inserts is paced per flow and stored whole, in order."""
-    pace = CountingPace()
-    with Store(str(tmp_path / "s.db"), pace=pace) as s:
-        pace.db = s._db
-        sid = s.create_session("s")["id"]
-        good = [seq for seq in range(1, 52) if seq != 11]
-        batch = [(seq, [sid], wire(path=f"/{seq}", start=T0 + seq)) for seq in good]
-        batch.insert(10, (11, [sid], b"not a flow"))  # a bad item among them
-        pace.calls = pace.in_transaction = 0
-        assert s.ingest("p", batch) == 51
-        assert pace.calls >= 51 and pace.in_transaction >= 51
-        assert s.rejected == 1
-        flows, total = s.list_flows(sid, limit=100)
-        assert total == 50
-        assert [f["path"] for f in flows] == [f"/{seq}" for seq in good]
-        assert [f["id"] for f in flows] == list(range(flows[0]["id"], flows[0]["id"] + 50))
-        assert s.get_session(sid)["flow_count"] == 50
-
-
-def test_ingest_failing_between_rounds_of_inserts_stores_nothing(tmp_path):
-    """The rounds of inserts are one transaction: a failure after some rounds keeps none of them."""
-    path = str(tmp_path / "s.db")
-    with Store(path) as s:
-        sid = s.create_session("s")["id"]
-    pace = CountingPace()
-    with Store(path, pace=pace) as s:
-        batch = [(seq, [sid], wire(path=f"/{seq}")) for seq in range(1, 41)]
-        pace.calls, pace.fail_at = 0, 30  # after three rounds of 8 inserts
-        with pytest.raises(sqlite3.OperationalError):
-            s.ingest("p", batch)
-        assert s.list_flows(sid)[1] == 0
-        assert s.last_seq("p") == 0
-        assert s.get_session(sid)["flow_count"] == 0
-        pace.fail_at = 0
-        assert s.ingest("p", batch) == 40
-        assert s.list_flows(sid)[1] == 40
-
-
-def test_a_long_statement_paces_itself(tmp_path):
-    """Statistics run in SQL alone, and the pacer is still called from inside the statement."""
-    pace = CountingPace()
-    with Store(str(tmp_path / "s.db"), pace=pace) as s:
-        sid = s.create_session("s")["id"]
-        s.ingest("p", [(seq, [sid], wire(path=f"/{seq}", host=f"h{seq % 50}.example"))
-                       for seq in range(1, 3001)])
-        before = pace.calls
-        assert s.stats(sid)["flows"] == 3000
-        assert pace.calls > before
-
-
 def test_ingest_keeps_instances_apart(store):
     """Sequence numbers are per instance: a new proxy instance starting at 1 is not a resend."""
     sid = store.create_session("s")["id"]
@@ -476,36 +338,6 @@ def test_ingest_empty_batch(store):
     store.create_session("s")
     store.ingest("p", [(5, [1], wire())])
     assert store.ingest("p", []) == 5
-
-
-def test_flow_for_two_sessions_stored_once(store, tmp_path):
-    """A flow matching two sessions is one row, listed in both."""
-    a = store.create_session("a")["id"]
-    b = store.create_session("b")["id"]
-    store.ingest("p", [(1, [a, b, a], wire(path="/both"))])
-    (fa,), _ = store.list_flows(a)
-    (fb,), _ = store.list_flows(b)
-    assert fa == fb
-    assert store.get_flow(fa["id"])["session_ids"] == [a, b]
-    assert store.get_session(a)["flow_count"] == 1
-    assert store.get_session(b)["flow_count"] == 1
-    db = sqlite3.connect(str(tmp_path / "db" / "capture.sqlite"))
-    assert db.execute("SELECT count(*) FROM flows").fetchone() == (1,)
-    db.close()
-
-
-def test_unknown_session_ids_ignored(store, tmp_path):
-    """Links to unknown or deleted sessions are dropped; a flow with no session left is not stored."""
-    a = store.create_session("a")["id"]
-    gone = store.create_session("gone")["id"]
-    store.delete(gone)
-    assert store.ingest("p", [(1, [a, gone, 999], wire(path="/a")), (2, [gone, 999], wire(path="/x"))]) == 2
-    (flow,), total = store.list_flows(a)
-    assert total == 1
-    assert store.get_flow(flow["id"])["session_ids"] == [a]
-    db = sqlite3.connect(str(tmp_path / "db" / "capture.sqlite"))
-    assert db.execute("SELECT count(*) FROM flows").fetchone() == (1,)
-    db.close()
 
 
 def test_malformed_flows_rejected(store):
@@ -792,22 +624,6 @@ def test_load_flow(store):
         store.load_flow("1")
 
 
-def test_clear_removes_records(store, tmp_path):
-    """Clearing and deleting remove the records of flows no session holds, and only those."""
-    a = store.create_session("a")["id"]
-    b = store.create_session("b")["id"]
-    store.ingest("p", [(1, [a, b], wire(path="/shared")), (2, [a], wire(path="/only-a"))])
-    store.clear(a)
-    db = sqlite3.connect(str(tmp_path / "db" / "capture.sqlite"))
-    try:
-        assert db.execute("SELECT count(*) FROM flows").fetchone() == (1,)
-        assert db.execute("SELECT count(*) FROM flow_records").fetchone() == (1,)
-        store.delete(b)
-        assert db.execute("SELECT count(*) FROM flow_records").fetchone() == (0,)
-    finally:
-        db.close()
-
-
 def test_stats(store):
     """stats counts and sums overall and per method, host, status class, content type and client."""
     sid = store.create_session("s")["id"]
@@ -884,61 +700,6 @@ def test_stats(store):
 # schema migration --------------------------------------------------------------
 
 
-def test_migration_from_version_1(tmp_path):
-    """A version 1 store is migrated: flows and links kept, records moved, new columns filled, ids not reused."""
-    from capture.sessiond import store as store_module
-
-    path = str(tmp_path / "capture.sqlite")
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    db.execute("INSERT INTO schema_version (version) VALUES (1)")
-    for statement in store_module._SCHEMA_V1:
-        db.execute(statement)
-    db.execute(
-        "INSERT INTO sessions (name, state, created, updated, stopped, clients, filter, capture_responses,"
-        " cookies_enabled, cookie_domains, flow_count)"
-        " VALUES ('old', 'capturing', ?, ?, NULL, '[]', '', 1, 0, '[]', 2)",
-        (T0, T0),
-    )
-    with_response = make_flow(path="/ok")
-    with_response = with_response._replace(
-        request=Message(headers=((b"Content-Type", b"application/json"),), body=b"{}", size=2)
-    )
-    without = make_flow(path="/failed", start=T0 + 1, status=0, error="refused")
-    for flow_id, flow in [(1, with_response), (3, without)]:
-        columns, record = store_module._flow_row(flow), flow.pack()
-        db.execute(
-            "INSERT INTO flows (id, time, client, client_port, method, scheme, host, port, path, url, status,"
-            " request_size, response_size, content_type, duration_ms, error, kind, record)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (flow_id, *columns[:16], record),
-        )
-        db.execute("INSERT INTO session_flows (session_id, time, flow_id) VALUES (1, ?, ?)", (flow.start, flow_id))
-    db.execute("UPDATE sqlite_sequence SET seq = 7 WHERE name = 'flows'")  # flows up to 7 were deleted
-    db.close()
-
-    with Store(path) as s:
-        flows, total = s.list_flows(1)
-        assert total == 2
-        assert flows == [{"id": 1, **with_response.summary()}, {"id": 3, **without.summary()}]
-        assert s.get_flow(3)["error"] == "refused"
-        assert [f["id"] for f in s.list_flows(1, filter="~s")[0]] == [1]
-        assert [f["id"] for f in s.list_flows(1, filter="~q")[0]] == [3]
-        assert [f["id"] for f in s.list_flows(1, filter="~tq json")[0]] == [1]
-        assert [f["id"] for f in s.list_flows(1, filter="~ts text/plain")[0]] == [1]
-        s.ingest("p", [(1, [1], wire(path="/new", start=T0 + 2))])
-        assert s.list_flows(1)[0][-1]["id"] == 8
-    check = sqlite3.connect(path)
-    try:
-        assert check.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        tables = {name for (name,) in check.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert "flows_v1" not in tables
-        columns = [row[1] for row in check.execute("PRAGMA table_info(flows)")]
-        assert "record" not in columns
-    finally:
-        check.close()
-
-
 # a large session ---------------------------------------------------------------
 
 LARGE = 100_000
@@ -966,12 +727,12 @@ def _large_wire(i: int, rnd) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def large(tmp_path_factory):
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def large(request, tmp_path_factory):
     """One session of 100,000 flows (summaries only), and the flows themselves by id."""
     import random
 
-    s = Store(str(tmp_path_factory.mktemp("large") / "capture.sqlite"))
+    s = open_store(fresh_database(request.param, tmp_path_factory.mktemp("large")))
     sid = s.create_session("large")["id"]
     rnd = random.Random(7)
     wires = [msgpack.packb(_large_wire(i, rnd), use_bin_type=True) for i in range(LARGE)]

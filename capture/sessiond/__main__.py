@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from capture.child import load_settings, log_to_stdout, orphan_watch
 from capture.sessiond.server import SessionFactory, SessionManager
-from capture.sessiond.store import Store, StoreError
+from capture.sessiond.store import StoreError, open_store
 
 log = Logger()
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log_to_stdout()
     try:
-        store = Store(settings.store.database)
+        store = open_store(settings.store.database)
     except (StoreError, OSError) as e:
         print(f"sessiond: cannot open the store {settings.store.database!r}: {e}", file=sys.stderr)
         return 1

@@ -7,7 +7,6 @@ session change pushes fresh rules to every connected proxy.
 
 from __future__ import annotations
 
-import sqlite3
 from functools import partial
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -157,7 +156,7 @@ class SessionProtocol(Protocol):
             # Catch-and-log so one bad peer cannot take the store down with it.
             self.log.warn("dropping proxy connection after a bad message: {error}", error=e)
             self.transport.abortConnection()
-        except (sqlite3.Error, StoreError) as e:
+        except StoreError as e:
             # Nothing was acked, so the proxy resends once it reconnects.
             self.log.error("store failed, dropping the proxy connection: {error}", error=e)
             self.transport.abortConnection()

@@ -1,10 +1,11 @@
-"""The session manager's store: sessions and captured flows in SQLite.
+"""The embedded store backend: sessions and captured flows in one SQLite file.
 
 Only the session-manager process touches this store, so it is plain
-synchronous ``sqlite3`` with no I/O framework.  Everything the admin API
-needs goes through :class:`Store`, so that a second backend (PostgreSQL, for
-several appliances sharing one store) is another module with the same
-methods rather than a rewrite.
+synchronous ``sqlite3`` with no I/O framework, called from the session
+manager's reactor thread and pacing itself (:mod:`capture.sessiond.pacing`).
+It implements :class:`capture.sessiond.store.interface.Store`; what is
+SQLite's own (``sqlite_sequence``, the ``temp.gone`` table, the SQL
+functions the filter push-down calls) stays in this module.
 
 A flow is stored once, however many sessions it belongs to; ``session_flows``
 links it to each, keyed ``(session_id, time, flow_id)`` so that "a session's
@@ -17,7 +18,6 @@ bodies.  Filters are pushed down to SQL by :mod:`capture.sessiond.query`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import os
@@ -29,22 +29,30 @@ from contextlib import contextmanager
 from typing import Any
 
 from capture import filters
-from capture.flow import Flow, iso_time, media_type
+from capture.flow import Flow, iso_time
 from capture.sessiond import query
 from capture.sessiond.pacing import Pacer
+from capture.sessiond.store.interface import MAX_PAGE, Conflict, Invalid, NotFound, StoreError, Unavailable
+from capture.sessiond.store.rows import (
+    INT64,
+    check_clients,
+    check_cookies,
+    check_name,
+    combine,
+    derived_columns,
+    flow_row,
+    link_targets,
+    session_dict,
+    summary_from_row,
+)
 
 SCHEMA_VERSION = 3
 
-MAX_NAME = 200
-MAX_PAGE = 1000
 
 # How many rows a scan that decodes blobs fetches at a time; it restarts from
 # the last key seen, so no cursor stays open between chunks.
 _SCAN_CHUNK = 500
 
-_INT64 = (-(2**63), 2**63 - 1)
-# datetime can show years 1..9999; keep a day's margin either side.
-_TIME_RANGE = (-62135596800.0 + 86400, 253402300800.0 - 86400)
 
 _SCHEMA_V1 = (
     """CREATE TABLE sessions (
@@ -161,7 +169,7 @@ def _migrate_v2(db: sqlite3.Connection) -> None:
         for row in chunk:
             record = row[-1]
             flow = Flow.unpack(record)
-            summaries.append((*row[:-1], *_v2_columns(flow, flow.url)))
+            summaries.append((*row[:-1], *derived_columns(flow, flow.url)))
             records.append((row[0], record))
         db.executemany(_INSERT_FLOW, summaries)
         db.executemany(_INSERT_RECORD, records)
@@ -233,27 +241,7 @@ _STAT_GROUPS = {
 }
 
 
-class StoreError(Exception):
-    """A store operation refused; ``status`` is what the admin API answers."""
-
-    status: int = 500
-
-
-class NotFound(StoreError):
-    status = 404
-
-
-class Conflict(StoreError):
-    """The session is in a state that does not allow the change."""
-
-    status = 409
-
-
-class Invalid(StoreError):
-    status = 400
-
-
-class Store:
+class SQLiteStore:
     """Sessions and flows in one SQLite file.
 
     Not thread-safe: calls must come one at a time (the session manager's
@@ -295,7 +283,7 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SQLiteStore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -312,13 +300,13 @@ class Store:
         cookies: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Start a new session, capturing at once; Invalid for a bad field."""
-        name = _check_name(name)
-        client_list = _check_clients(clients)
+        name = check_name(name)
+        client_list = check_clients(clients)
         if not isinstance(filter, str):
             raise Invalid("filter must be a string")
         if not isinstance(capture_responses, bool):
             raise Invalid("capture_responses must be true or false")
-        enabled, domains = _check_cookies(cookies)
+        enabled, domains = check_cookies(cookies)
         now = self._clock()
         with self._write() as db:
             cursor = db.execute(
@@ -340,18 +328,18 @@ class Store:
         return self.get_session(session_id)
 
     def get_session(self, session_id: int) -> dict[str, Any]:
-        return _session_dict(self._session_row(self._db, session_id))
+        return session_dict(self._session_row(self._db, session_id))
 
     def list_sessions(self) -> list[dict[str, Any]]:
         rows = self._db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions ORDER BY id")
-        return [_session_dict(row) for row in rows]
+        return [session_dict(row) for row in rows]
 
     def capturing_sessions(self) -> list[dict[str, Any]]:
         """The sessions whose rules the proxy must apply."""
         rows = self._db.execute(
             f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE state = 'capturing' ORDER BY id"
         )
-        return [_session_dict(row) for row in rows]
+        return [session_dict(row) for row in rows]
 
     def pause(self, session_id: int) -> dict[str, Any]:
         return self._transition(session_id, ("capturing",), "paused", "pause")
@@ -440,16 +428,16 @@ class Store:
                 mark = seq
                 # A bad item must not cost the rest of the batch.
                 try:
-                    targets = _link_targets(session_ids, existing)
+                    targets = link_targets(session_ids, existing)
                     flow = Flow.unpack(record)  # checked whole, then stored as it came
-                    flow_row = _flow_row(flow)
+                    columns = flow_row(flow)
                 except Exception:
                     rejected += 1
                     continue
                 if not targets:
                     continue
                 next_id += 1
-                flow_rows.append((next_id, *flow_row))
+                flow_rows.append((next_id, *columns))
                 records.append((next_id, record))
                 for session_id in targets:
                     links.append((session_id, flow.start, next_id))
@@ -504,7 +492,7 @@ class Store:
         """
         if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
             raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
-        if type(offset) is not int or not 0 <= offset <= _INT64[1]:
+        if type(offset) is not int or not 0 <= offset <= INT64[1]:
             raise Invalid("offset must be a non-negative integer")
         try:
             ordering = query.order_by(sort, order)
@@ -512,7 +500,7 @@ class Store:
             raise Invalid(str(e)) from None
         plan = self._plan(filter)
         flow_count = self._session_row(self._db, session_id)[11]
-        residual = _combine(plan.residual, predicate)
+        residual = combine(plan.residual, predicate)
         where = _SESSION_FLOWS if plan.where == "1" else f"{_SESSION_FLOWS} AND {plan.where}"
         params = (session_id, *plan.params)
         if residual is None:
@@ -520,7 +508,7 @@ class Store:
                 f"SELECT {_SUMMARY_COLUMNS} {where} ORDER BY {ordering} LIMIT ? OFFSET ?",
                 (*params, limit, offset),
             ).fetchall()
-            page = [_summary_from_row(row) for row in rows]
+            page = [summary_from_row(row) for row in rows]
             if plan.where == "1":
                 total = flow_count
             elif 0 < len(rows) < limit or (not rows and offset == 0):
@@ -611,15 +599,22 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front so it cannot fail half-way on a lock."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction, taken up front so it cannot fail half-way on a lock.
+
+        A failure of SQLite itself (a full disk, a damaged file) is
+        Unavailable: nothing was written, and the caller may try again.
+        """
         try:
-            yield self._db
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise Unavailable(f"SQLite failed: {e}") from e
 
     def _migrate(self) -> None:
         """Bring the schema to SCHEMA_VERSION, refusing a newer one we cannot read."""
@@ -745,14 +740,6 @@ class Store:
             last_time, last_id = rows[-1][0], rows[-1][1]
 
 
-def _combine(
-    residual: filters.Filter | None, predicate: Callable[[Flow], bool] | None
-) -> Callable[[Flow], bool] | None:
-    if predicate is None:
-        return residual
-    if residual is None:
-        return predicate
-    return lambda flow: residual(flow) and predicate(flow)
 
 
 def _prepare_file(path: str) -> None:
@@ -766,172 +753,3 @@ def _prepare_file(path: str) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.close(fd)
 
-
-def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise Invalid("name must be a non-empty string")
-    name = name.strip()
-    if len(name) > MAX_NAME:
-        raise Invalid(f"name must be at most {MAX_NAME} characters")
-    return name
-
-
-def _check_clients(clients: object) -> list[str]:
-    """IPs and CIDRs, normalised: a single address is shown without a prefix."""
-    if isinstance(clients, (str, bytes)) or not isinstance(clients, (list, tuple)):
-        raise Invalid("clients must be a list of IP addresses or CIDR networks")
-    result: list[str] = []
-    for client in clients:
-        if not isinstance(client, str):
-            raise Invalid(f"clients: {client!r} is not a string")
-        try:
-            network = ipaddress.ip_network(client.strip(), strict=False)
-        except ValueError:
-            raise Invalid(f"clients: {client!r} is not an IP address or CIDR network") from None
-        if network.prefixlen == network.max_prefixlen:
-            text = str(network.network_address)
-        else:
-            text = str(network)
-        if text not in result:
-            result.append(text)
-    return result
-
-
-def _check_cookies(cookies: object) -> tuple[bool, list[str]]:
-    if cookies is None:
-        return False, []
-    if not isinstance(cookies, dict):
-        raise Invalid('cookies must be an object {"enabled": bool, "domains": [str]}')
-    unknown = set(cookies) - {"enabled", "domains"}
-    if unknown:
-        raise Invalid(f"cookies: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
-    enabled = cookies.get("enabled", False)
-    if not isinstance(enabled, bool):
-        raise Invalid("cookies.enabled must be true or false")
-    domains = cookies.get("domains", [])
-    if isinstance(domains, str) or not isinstance(domains, (list, tuple)):
-        raise Invalid("cookies.domains must be a list of domain names")
-    result: list[str] = []
-    for domain in domains:
-        if not isinstance(domain, str):
-            raise Invalid(f"cookies.domains: {domain!r} is not a string")
-        # ".example.com" and "example.com" mean the same: it and its subdomains.
-        name = domain.strip().lower().strip(".")
-        if not name or any(ch.isspace() or ch in "/:@" for ch in name):
-            raise Invalid(f"cookies.domains: {domain!r} is not a domain name")
-        if name not in result:
-            result.append(name)
-    return enabled, result
-
-
-def _session_dict(row: tuple[Any, ...]) -> dict[str, Any]:
-    (session_id, name, state, created, updated, stopped, clients, filter_,
-     capture_responses, cookies_enabled, cookie_domains, flow_count) = row
-    return {
-        "id": session_id,
-        "name": name,
-        "state": state,
-        "created": iso_time(created),
-        "updated": iso_time(updated),
-        "stopped": None if stopped is None else iso_time(stopped),
-        "clients": json.loads(clients),
-        "filter": filter_,
-        "capture_responses": bool(capture_responses),
-        "cookies": {"enabled": bool(cookies_enabled), "domains": json.loads(cookie_domains)},
-        "flow_count": flow_count,
-    }
-
-
-def _link_targets(session_ids: object, existing: set[int]) -> list[int]:
-    """The sessions a flow goes to: those named that still exist, once each."""
-    if not isinstance(session_ids, (list, tuple)):
-        raise ValueError("session ids must be a list")
-    targets: list[int] = []
-    for session_id in session_ids:
-        if type(session_id) is not int:
-            raise ValueError("session id must be an integer")
-        if session_id in existing and session_id not in targets:
-            targets.append(session_id)
-    return targets
-
-
-def _flow_row(flow: Flow) -> tuple[Any, ...]:
-    """The summary columns; ValueError for what SQLite or the API could not hold.
-
-    Called for every flow stored, so each header is looked up once.
-    """
-    for moment in (flow.start, flow.request_done, flow.response_start, flow.end):
-        if moment is not None and not (
-            math.isfinite(moment) and _TIME_RANGE[0] < moment < _TIME_RANGE[1]
-        ):
-            raise ValueError("flow time out of range")
-    response = flow.response
-    response_size = response.size if response is not None else 0
-    for number in (flow.client_port, flow.port, flow.status, flow.request.size, response_size):
-        if not _INT64[0] <= number <= _INT64[1]:
-            raise ValueError("flow number out of range")
-    url = flow.url
-    has_response, request_type, response_type, plain = _v2_columns(flow, url)
-    return (
-        flow.start,
-        flow.client,
-        flow.client_port,
-        flow.method,
-        flow.scheme,
-        flow.host,
-        flow.port,
-        flow.path,
-        url,
-        flow.status,
-        flow.request.size,
-        response_size,
-        media_type(response_type),  # Flow.content_type, from the header already found
-        flow.duration_ms,
-        flow.error,
-        flow.kind,
-        has_response,
-        request_type,
-        response_type,
-        plain,
-    )
-
-
-def _v2_columns(flow: Flow, url: str) -> tuple[int, str | None, str | None, int]:
-    """has_response, request_type, response_type, plain: see :func:`_migrate_v2`.
-
-    ``url`` is ``flow.url``, which the caller needs too and builds once.
-    """
-    response = flow.response
-    request_type = flow.request.header("content-type")
-    response_type = None if response is None else response.header("content-type")
-    return (int(response is not None), request_type, response_type,
-            _plain(flow.method, url, flow.host, flow.client, request_type or "", response_type or ""))
-
-
-def _plain(*texts: str) -> int:
-    """1 when every searched text is printable ASCII, so SQL's case folding matches Python's."""
-    joined = "".join(texts)
-    return int(joined.isascii() and joined.isprintable())
-
-
-def _summary_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    """``Flow.summary()`` plus ``id``, from the columns without the blob."""
-    (flow_id, moment, client, method, scheme, host, port, path, url, status,
-     request_size, response_size, content_type, duration_ms, error) = row
-    return {
-        "id": flow_id,
-        "time": iso_time(moment),
-        "client": client,
-        "method": method,
-        "scheme": scheme,
-        "host": host,
-        "port": port,
-        "path": path,
-        "url": url,
-        "status": status or None,
-        "request_size": request_size,
-        "response_size": response_size,
-        "content_type": content_type,
-        "duration_ms": duration_ms,
-        "error": error or None,
-    }

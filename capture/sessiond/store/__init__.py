@@ -1,0 +1,34 @@
+"""The session manager's store: one interface, a backend chosen by ``[store] database``.
+
+:mod:`.interface` declares what a store does; :mod:`.sqlite` is the
+embedded backend.  Callers open a store with :func:`open_store` and use only
+the interface.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from capture.sessiond.store.interface import (
+    MAX_NAME,
+    MAX_PAGE,
+    Conflict,
+    Invalid,
+    NotFound,
+    Store,
+    StoreError,
+    Unavailable,
+)
+from capture.sessiond.store.sqlite import SQLiteStore
+
+__all__ = ["MAX_NAME", "MAX_PAGE", "Conflict", "Invalid", "NotFound", "Store", "SQLiteStore", "StoreError", "Unavailable", "open_store"]
+
+
+def open_store(
+    database: str,
+    clock: Callable[[], float] = time.time,
+    pace: Callable[[], None] | None = None,
+) -> Store:
+    """The store ``database`` names: a file path opens SQLite."""
+    return SQLiteStore(database, clock=clock, pace=pace)

@@ -1,0 +1,152 @@
+"""The store interface: everything the session manager asks of a store backend.
+
+The session manager (its socket server and exports) holds a :class:`Store`
+and calls nothing else: no SQL, no connection, no backend's own names.  A
+backend is a module under :mod:`capture.sessiond.store` with a class that
+satisfies this protocol; :func:`capture.sessiond.store.open_store` picks it
+from ``[store] database``.
+
+Every method is synchronous and raises the :class:`StoreError` subclasses
+below for what the admin API answers as 400, 404 and 409.  Session and flow
+dictionaries are the shapes the admin API returns (see SPEC section 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+from capture import filters
+from capture.flow import Flow
+
+MAX_NAME = 200
+MAX_PAGE = 1000
+
+
+class StoreError(Exception):
+    """A store operation refused; ``status`` is what the admin API answers."""
+
+    status: int = 500
+
+
+class NotFound(StoreError):
+    status = 404
+
+
+class Conflict(StoreError):
+    """The session is in a state that does not allow the change."""
+
+    status = 409
+
+
+class Invalid(StoreError):
+    status = 400
+
+
+class Unavailable(StoreError):
+    """The database failed or cannot be reached; the call changed nothing and may be retried."""
+
+    status = 503
+
+
+#: ``(seq, session_ids, packed_flow)``: one captured flow as the proxy ships it.
+BatchItem = tuple[int, list[int], bytes]
+#: Called with ``(flow_id, session_ids, flow)`` for each flow a batch stored.
+OnStored = Callable[[int, list[int], Flow], None]
+
+
+class Store(Protocol):
+    """Sessions, captured flows and the delivery marks that make ingest exactly-once."""
+
+    #: Flows dropped by :meth:`ingest` because they could not be decoded.
+    rejected: int
+
+    def close(self) -> None:
+        """Release the connection(s); no call may follow."""
+
+    # sessions
+
+    def create_session(
+        self,
+        name: str,
+        clients: Iterable[str] = (),
+        filter: str = "",
+        capture_responses: bool = True,
+        cookies: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Start a new session, capturing at once; Invalid for a bad field."""
+
+    def get_session(self, session_id: int) -> dict[str, Any]:
+        """One session; NotFound when there is none."""
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        """Every session, oldest first."""
+
+    def capturing_sessions(self) -> list[dict[str, Any]]:
+        """The sessions whose rules the proxy must apply."""
+
+    def pause(self, session_id: int) -> dict[str, Any]:
+        """capturing -> paused; Conflict from any other state."""
+
+    def resume(self, session_id: int) -> dict[str, Any]:
+        """paused -> capturing; Conflict from any other state."""
+
+    def stop(self, session_id: int) -> dict[str, Any]:
+        """capturing or paused -> stopped, for good; the flows stay as history."""
+
+    def clear(self, session_id: int) -> dict[str, Any]:
+        """Drop the session's flows and keep its state; Conflict when stopped."""
+
+    def delete(self, session_id: int) -> None:
+        """Remove a session in any state, and every flow only it held."""
+
+    # ingest
+
+    def ingest(
+        self, instance: str, batch: Sequence[BatchItem], on_stored: OnStored | None = None
+    ) -> int:
+        """Store a batch from one proxy instance, each flow exactly once; returns the new mark.
+
+        Items at or below the instance's mark (a resend after a lost ack) are
+        skipped; the flows and the mark commit together.  A flow naming no
+        existing session is dropped; one that cannot be decoded is counted
+        in :attr:`rejected`.  ``on_stored`` runs after the commit.
+        """
+
+    def last_seq(self, instance: str) -> int:
+        """The highest sequence number stored for ``instance``; 0 if none."""
+
+    # queries
+
+    def list_flows(
+        self,
+        session_id: int,
+        limit: int = 100,
+        offset: int = 0,
+        filter: str | filters.Filter = "",
+        sort: str = "time",
+        order: str = "asc",
+        predicate: Callable[[Flow], bool] | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of a session's flow summaries and how many match in all.
+
+        The filter goes to the database where it can be said exactly there,
+        and is run on the decoded flows for the rest; ``predicate`` is one
+        more test on the decoded flow.
+        """
+
+    def iter_flows(self, session_id: int, filter: str | filters.Filter = "") -> Iterator[tuple[int, Flow]]:
+        """``(flow_id, Flow)`` for each flow of the session the filter selects, oldest first.
+
+        For exports and cookies: the filter and the session are checked
+        before this returns; the rows are read a chunk at a time.
+        """
+
+    def stats(self, session_id: int) -> dict[str, Any]:
+        """Counts and sizes, overall and by method, host, status class, content type and client."""
+
+    def get_flow(self, flow_id: int) -> dict[str, Any]:
+        """The full flow (detail) with the ids of the sessions holding it."""
+
+    def load_flow(self, flow_id: int) -> Flow:
+        """The stored Flow itself (for copy as curl and the like)."""

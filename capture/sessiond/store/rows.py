@@ -1,0 +1,205 @@
+"""What every backend stores and answers alike: checked session fields, flow columns, summaries.
+
+The store backends differ in SQL and connections, not in what a session or
+a flow summary is: the checks of a new session's fields, the summary
+columns taken from a flow, and the dictionaries the admin API answers are
+here once, so both backends give the same answer to the same call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from capture import filters
+from capture.flow import Flow, iso_time, media_type
+from capture.sessiond.store.interface import MAX_NAME, Invalid
+
+INT64 = (-(2**63), 2**63 - 1)
+# datetime can show years 1..9999; keep a day's margin either side.
+TIME_RANGE = (-62135596800.0 + 86400, 253402300800.0 - 86400)
+
+
+def combine(
+    residual: filters.Filter | None, predicate: Callable[[Flow], bool] | None
+) -> Callable[[Flow], bool] | None:
+    if predicate is None:
+        return residual
+    if residual is None:
+        return predicate
+    return lambda flow: residual(flow) and predicate(flow)
+
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise Invalid("name must be a non-empty string")
+    name = name.strip()
+    if len(name) > MAX_NAME:
+        raise Invalid(f"name must be at most {MAX_NAME} characters")
+    return name
+
+
+def check_clients(clients: object) -> list[str]:
+    """IPs and CIDRs, normalised: a single address is shown without a prefix."""
+    if isinstance(clients, (str, bytes)) or not isinstance(clients, (list, tuple)):
+        raise Invalid("clients must be a list of IP addresses or CIDR networks")
+    result: list[str] = []
+    for client in clients:
+        if not isinstance(client, str):
+            raise Invalid(f"clients: {client!r} is not a string")
+        try:
+            network = ipaddress.ip_network(client.strip(), strict=False)
+        except ValueError:
+            raise Invalid(f"clients: {client!r} is not an IP address or CIDR network") from None
+        if network.prefixlen == network.max_prefixlen:
+            text = str(network.network_address)
+        else:
+            text = str(network)
+        if text not in result:
+            result.append(text)
+    return result
+
+
+def check_cookies(cookies: object) -> tuple[bool, list[str]]:
+    if cookies is None:
+        return False, []
+    if not isinstance(cookies, dict):
+        raise Invalid('cookies must be an object {"enabled": bool, "domains": [str]}')
+    unknown = set(cookies) - {"enabled", "domains"}
+    if unknown:
+        raise Invalid(f"cookies: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    enabled = cookies.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise Invalid("cookies.enabled must be true or false")
+    domains = cookies.get("domains", [])
+    if isinstance(domains, str) or not isinstance(domains, (list, tuple)):
+        raise Invalid("cookies.domains must be a list of domain names")
+    result: list[str] = []
+    for domain in domains:
+        if not isinstance(domain, str):
+            raise Invalid(f"cookies.domains: {domain!r} is not a string")
+        # ".example.com" and "example.com" mean the same: it and its subdomains.
+        name = domain.strip().lower().strip(".")
+        if not name or any(ch.isspace() or ch in "/:@" for ch in name):
+            raise Invalid(f"cookies.domains: {domain!r} is not a domain name")
+        if name not in result:
+            result.append(name)
+    return enabled, result
+
+
+def session_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    (session_id, name, state, created, updated, stopped, clients, filter_,
+     capture_responses, cookies_enabled, cookie_domains, flow_count) = row
+    return {
+        "id": session_id,
+        "name": name,
+        "state": state,
+        "created": iso_time(created),
+        "updated": iso_time(updated),
+        "stopped": None if stopped is None else iso_time(stopped),
+        "clients": json.loads(clients),
+        "filter": filter_,
+        "capture_responses": bool(capture_responses),
+        "cookies": {"enabled": bool(cookies_enabled), "domains": json.loads(cookie_domains)},
+        "flow_count": flow_count,
+    }
+
+
+def link_targets(session_ids: object, existing: set[int]) -> list[int]:
+    """The sessions a flow goes to: those named that still exist, once each."""
+    if not isinstance(session_ids, (list, tuple)):
+        raise ValueError("session ids must be a list")
+    targets: list[int] = []
+    for session_id in session_ids:
+        if type(session_id) is not int:
+            raise ValueError("session id must be an integer")
+        if session_id in existing and session_id not in targets:
+            targets.append(session_id)
+    return targets
+
+
+def flow_row(flow: Flow) -> tuple[Any, ...]:
+    """The summary columns; ValueError for what SQLite or the API could not hold.
+
+    Called for every flow stored, so each header is looked up once.
+    """
+    for moment in (flow.start, flow.request_done, flow.response_start, flow.end):
+        if moment is not None and not (
+            math.isfinite(moment) and TIME_RANGE[0] < moment < TIME_RANGE[1]
+        ):
+            raise ValueError("flow time out of range")
+    response = flow.response
+    response_size = response.size if response is not None else 0
+    for number in (flow.client_port, flow.port, flow.status, flow.request.size, response_size):
+        if not INT64[0] <= number <= INT64[1]:
+            raise ValueError("flow number out of range")
+    url = flow.url
+    has_response, request_type, response_type, plain = derived_columns(flow, url)
+    return (
+        flow.start,
+        flow.client,
+        flow.client_port,
+        flow.method,
+        flow.scheme,
+        flow.host,
+        flow.port,
+        flow.path,
+        url,
+        flow.status,
+        flow.request.size,
+        response_size,
+        media_type(response_type),  # Flow.content_type, from the header already found
+        flow.duration_ms,
+        flow.error,
+        flow.kind,
+        has_response,
+        request_type,
+        response_type,
+        plain,
+    )
+
+
+def derived_columns(flow: Flow, url: str) -> tuple[int, str | None, str | None, int]:
+    """has_response, request_type, response_type, plain: see :mod:`capture.sessiond.store.sqlite`, schema version 2.
+
+    ``url`` is ``flow.url``, which the caller needs too and builds once.
+    """
+    response = flow.response
+    request_type = flow.request.header("content-type")
+    response_type = None if response is None else response.header("content-type")
+    return (int(response is not None), request_type, response_type,
+            plain(flow.method, url, flow.host, flow.client, request_type or "", response_type or ""))
+
+
+def plain(*texts: str) -> int:
+    """1 when every searched text is printable ASCII, so SQL's case folding matches Python's."""
+    joined = "".join(texts)
+    return int(joined.isascii() and joined.isprintable())
+
+
+def summary_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    """``Flow.summary()`` plus ``id``, from the columns without the blob."""
+    (flow_id, moment, client, method, scheme, host, port, path, url, status,
+     request_size, response_size, content_type, duration_ms, error) = row
+    return {
+        "id": flow_id,
+        "time": iso_time(moment),
+        "client": client,
+        "method": method,
+        "scheme": scheme,
+        "host": host,
+        "port": port,
+        "path": path,
+        "url": url,
+        "status": status or None,
+        "request_size": request_size,
+        "response_size": response_size,
+        "content_type": content_type,
+        "duration_ms": duration_ms,
+        "error": error or None,
+    }
+
