@@ -1,0 +1,133 @@
+"""WebSocket messages as captured: the record, its packed form, and how the API shows it.
+
+A WebSocket flow is opened when the upgrade completes and its messages are
+shipped in batches while the socket stays open (see :mod:`capture.delivery`),
+so messages travel apart from the flow record.  A batch packs to a msgpack
+array ``[1, [message, ...]]``, each message ``[from_client, type, content,
+size, truncated, time]``; the end of a socket packs to ``[1, code, reason,
+closed_by]``.  Everything here is pure data.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, NamedTuple
+
+import msgpack
+
+from capture.flow import iso_time
+
+VERSION = 1
+TYPES = ("text", "binary")
+CLOSERS = ("client", "server", "proxy")
+# Chrome's opcodes, as HAR's _webSocketMessages carry them.
+OPCODES = {"text": 1, "binary": 2}
+
+
+class WebSocketMessage(NamedTuple):
+    """One text or binary message that crossed the proxy.
+
+    ``content`` holds at most ``max_capture_body`` bytes of the message as
+    the application sent it (after permessage-deflate is undone); ``size``
+    is its true decompressed size.  ``time`` is when its last frame passed.
+    """
+
+    from_client: bool
+    type: str
+    content: bytes
+    size: int
+    truncated: bool
+    time: float
+
+    def detail(self) -> dict[str, Any]:
+        """JSON-ready: text as it is, binary (or text that is not UTF-8) as base64."""
+        content, encoding = text_or_base64(self.content)
+        return {
+            "from_client": self.from_client,
+            "type": self.type,
+            "content": content,
+            "encoding": encoding,
+            "size": self.size,
+            "truncated": self.truncated,
+            "time": iso_time(self.time),
+        }
+
+
+class WebSocketClose(NamedTuple):
+    """How a socket ended: the close code and reason, and which side ended it.
+
+    ``code`` is None when no close frame was seen at all; 1006 means a side's
+    connection dropped without one.  ``closed_by`` is ``client``, ``server``
+    or ``proxy`` (a protocol error, or a message over the size bound).
+    """
+
+    code: int | None
+    reason: str
+    closed_by: str
+
+    def detail(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason, "closed_by": self.closed_by}
+
+
+def pack_messages(messages: list[WebSocketMessage] | list[tuple[Any, ...]]) -> bytes:
+    """A batch of messages as shipped and stored."""
+    return msgpack.packb((VERSION, [tuple(m) for m in messages]), use_bin_type=True)
+
+
+def unpack_messages(data: bytes) -> list[WebSocketMessage]:
+    """Read a packed batch; ValueError for anything malformed."""
+    version, items = _unpack(data, 2)
+    if version != VERSION or type(items) is not tuple:
+        raise ValueError("unsupported WebSocket message batch")
+    return [_message(item) for item in items]
+
+
+def pack_message(message: WebSocketMessage) -> bytes:
+    """One message alone, as the store keeps it (one row each)."""
+    return msgpack.packb(tuple(message), use_bin_type=True)
+
+
+def unpack_message(data: bytes) -> WebSocketMessage:
+    return _message(_unpack(data, 6))
+
+
+def pack_close(close: WebSocketClose) -> bytes:
+    return msgpack.packb((VERSION, *close), use_bin_type=True)
+
+
+def unpack_close(data: bytes) -> WebSocketClose:
+    version, code, reason, closed_by = _unpack(data, 4)
+    if version != VERSION or not (code is None or type(code) is int) or type(reason) is not str \
+            or closed_by not in CLOSERS:
+        raise ValueError("malformed WebSocket close record")
+    return WebSocketClose(code, reason, closed_by)
+
+
+def text_or_base64(data: bytes) -> tuple[str, str]:
+    """(content, encoding): UTF-8 text as it is, anything else as base64."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def _unpack(data: Any, length: int) -> tuple[Any, ...]:
+    if type(data) is not bytes:
+        raise ValueError("a packed record must be bytes")
+    try:
+        value = msgpack.unpackb(data, raw=False, use_list=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise ValueError(f"malformed record: {e}") from None
+    if type(value) is not tuple or len(value) != length:
+        raise ValueError("malformed record")
+    return value
+
+
+def _message(item: Any) -> WebSocketMessage:
+    if type(item) is not tuple or len(item) != 6:
+        raise ValueError("malformed WebSocket message")
+    from_client, kind, content, size, truncated, moment = item
+    if not (type(from_client) is bool and kind in TYPES and type(content) is bytes and type(size) is int
+            and type(truncated) is bool and type(moment) in (int, float)):
+        raise ValueError("malformed WebSocket message")
+    return WebSocketMessage(from_client, kind, content, size, truncated, float(moment))
