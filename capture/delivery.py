@@ -7,6 +7,13 @@ queue keeps one order everywhere:
 
     unacked (sent, in memory) < resend (memory) < spill file (disk) < unsent (memory)
 
+A WebSocket flow is delivered in several numbered items: one that opens it
+when the upgrade completes, batches of its messages as they pass, and one
+that closes it (see :mod:`capture.messages`); the later ones name the
+opening item's sequence number as ``ref``.  They take their places in the
+same order as every other item, so they are acknowledged, resent and
+de-duplicated the same way.
+
 Past ``memory_limit`` the oldest unsent flows move to an append-only spill
 file; past ``spill_limit`` the oldest spilled flows are dropped and counted.
 Nothing here ever blocks the caller on the session manager.  No reactor:
@@ -27,20 +34,40 @@ from capture.flow import pack_fields
 log = Logger()
 
 
+#: Operations on a live (WebSocket) flow, beside the plain finished flow.
+LIVE_OPS = ("open", "messages", "close")
+
+
 class Item:
-    """One flow waiting for delivery, already packed (``pack_fields``)."""
+    """One flow (or live-flow operation) waiting for delivery, already packed.
 
-    __slots__ = ("instance", "seq", "sessions", "flow", "size")
+    ``op`` is None for a finished flow (``flow`` packed by ``pack_fields``);
+    otherwise one of ``LIVE_OPS`` with ``flow`` its packed payload and
+    ``ref`` the sequence number of the item that opened the flow.
+    """
 
-    def __init__(self, instance: str, seq: int, sessions: list[int], flow: bytes) -> None:
+    __slots__ = ("instance", "seq", "sessions", "flow", "size", "op", "ref")
+
+    def __init__(self, instance: str, seq: int, sessions: list[int], flow: bytes, op: str | None = None,
+                 ref: int = 0) -> None:
         self.instance = instance
         self.seq = seq
         self.sessions = sessions
         self.flow = flow
+        self.op = op
+        self.ref = ref
         self.size = 64 + len(flow)
 
     def record(self) -> list[Any]:
-        return [self.instance, self.seq, self.sessions, self.flow]
+        if self.op is None:
+            return [self.instance, self.seq, self.sessions, self.flow]
+        return [self.instance, self.seq, self.sessions, self.flow, self.op, self.ref]
+
+    def wire(self) -> list[Any]:
+        """The item as the ``flows`` message carries it (see :mod:`capture.wire`)."""
+        if self.op is None:
+            return [self.seq, self.sessions, self.flow]
+        return [self.seq, self.sessions, self.flow, self.op, self.ref]
 
 
 class SpillFile:
@@ -160,6 +187,9 @@ class SpillFile:
 
 
 def _item(record: Any) -> Item:
+    if len(record) == 6:
+        instance, seq, sessions, flow, op, ref = record
+        return Item(str(instance), int(seq), list(sessions), flow, str(op), int(ref))
     instance, seq, sessions, flow = record
     if not isinstance(flow, bytes):  # an earlier release spilled the flow as a map: pack it as it is
         flow = msgpack.packb(flow, use_bin_type=True)
@@ -201,7 +231,18 @@ class DeliveryQueue:
 
     def add(self, flow: tuple[Any, ...], sessions: list[int]) -> None:
         """Queue a finished flow: a ``Flow``, or its fields as a plain tuple (``pack_fields``)."""
-        item = Item(self.instance, self._next_seq, sessions, pack_fields(flow))
+        self._append(Item(self.instance, self._next_seq, sessions, pack_fields(flow)))
+
+    def add_live(self, op: str, payload: bytes, sessions: list[int], ref: int = 0) -> int:
+        """Queue an operation on a live flow (see ``LIVE_OPS``); returns its sequence number.
+
+        The number an ``open`` gets is the ``ref`` of that flow's later items.
+        """
+        seq = self._next_seq
+        self._append(Item(self.instance, seq, sessions, payload, op, ref))
+        return seq
+
+    def _append(self, item: Item) -> None:
         self._next_seq += 1
         self._unsent.append(item)
         self.memory_bytes += item.size

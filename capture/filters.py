@@ -131,15 +131,17 @@ _FLAG_TESTS: dict[str, Callable[[Flow], bool]] = {
     "q": lambda flow: flow.response is None and flow.kind == "http",
     "s": lambda flow: flow.response is not None,
     "e": lambda flow: bool(flow.error),
-    "http": lambda flow: flow.kind == "http",
+    # A WebSocket is an HTTP exchange that upgraded, as in mitmproxy: ~http matches it too.
+    "http": lambda flow: flow.kind in ("http", "websocket"),
     "tcp": lambda flow: flow.kind == "tunnel",
+    "websocket": lambda flow: flow.kind == "websocket",
     "a": _is_asset,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Flag(Filter):
-    """A filter without argument: ``~q ~s ~e ~http ~tcp ~a`` (name without ``~``)."""
+    """A filter without argument: ``~q ~s ~e ~http ~tcp ~websocket ~a`` (name without ``~``)."""
 
     name: str
     _test: Callable[[Flow], bool] = field(init=False, repr=False, compare=False)

@@ -22,6 +22,8 @@ TYPES = ("text", "binary")
 CLOSERS = ("client", "server", "proxy")
 # Chrome's opcodes, as HAR's _webSocketMessages carry them.
 OPCODES = {"text": 1, "binary": 2}
+# Messages the flow detail lists; the rest are paged (``GET /api/flows/ID/messages``).
+DETAIL_MESSAGES = 1000
 
 
 class WebSocketMessage(NamedTuple):
@@ -101,6 +103,25 @@ def unpack_close(data: bytes) -> WebSocketClose:
             or closed_by not in CLOSERS:
         raise ValueError("malformed WebSocket close record")
     return WebSocketClose(code, reason, closed_by)
+
+
+def unpack_live_close(data: Any) -> tuple[bytes, bytes]:
+    """The end of a live flow as shipped: (its final packed flow, its packed close), the close checked."""
+    flow, close = _unpack(data, 2)
+    if type(flow) is not bytes or type(close) is not bytes:
+        raise ValueError("malformed end of a live flow")
+    unpack_close(close)
+    return flow, close
+
+
+def websocket_section(messages: list[WebSocketMessage], count: int, close: WebSocketClose | None) -> dict[str, Any]:
+    """The flow detail's ``websocket`` part: the first messages, how many there are, how it ended."""
+    return {
+        "open": close is None,
+        "message_count": count,
+        "messages": [message.detail() for message in messages],
+        "close": None if close is None else close.detail(),
+    }
 
 
 def text_or_base64(data: bytes) -> tuple[str, str]:

@@ -5,6 +5,10 @@ acknowledges them; after a reconnect everything unacknowledged is sent again
 and the store skips sequence numbers it already has, so each flow is kept
 exactly once.  Traffic never waits on this: ``submit`` only appends to a
 bounded queue that spills to disk and, past that, drops the oldest (counted).
+
+A WebSocket flow is live: ``open_live`` queues it when the upgrade completes,
+``live_messages`` gathers its messages for a moment (up to ``LIVE_BATCH``)
+and queues them as one item, and ``close_live`` queues its final record.
 """
 
 from __future__ import annotations
@@ -17,14 +21,19 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+import msgpack
+
 from capture import wire
 from capture.delivery import DeliveryQueue, SpillFile
+from capture.flow import pack_fields
+from capture.messages import WebSocketClose, WebSocketMessage, pack_close, pack_messages
 from capture.rules import RuleSet
 
 BATCH_ITEMS = 256
 FLUSH_DELAY = 0.02
 STATS_INTERVAL = 1.0
 CALL_TIMEOUT = 15.0
+LIVE_BATCH = 256  # messages of one live flow gathered into one item at most
 
 
 class Unavailable(Exception):
@@ -61,6 +70,9 @@ class Shipper:
         # What this process reports about itself, sent every STATS_INTERVAL (workers' status).
         self.stats: Callable[[], dict[str, Any]] = self.status
         self._stats_call: Any = None
+        # Messages of live flows not yet queued, by the sequence number of the item that opened each.
+        self._live: dict[int, list[WebSocketMessage]] = {}
+        self._live_call: Any = None
 
     # -- what the proxy and the admin API use ---------------------------------
 
@@ -70,7 +82,7 @@ class Shipper:
 
     @property
     def pending(self) -> int:
-        return self.queue.pending
+        return self.queue.pending + sum(1 for messages in self._live.values() if messages)
 
     @property
     def dropped(self) -> int:
@@ -79,6 +91,34 @@ class Shipper:
     def submit(self, flow: tuple[Any, ...], sessions: list[int]) -> None:
         """Queue a finished flow (a ``Flow`` or its fields, see ``pack_fields``) for the given sessions; never blocks."""
         self.queue.add(flow, sessions)
+        self._schedule_flush()
+
+    def open_live(self, flow: tuple[Any, ...], sessions: list[int]) -> int:
+        """Queue a flow that stays open (a WebSocket); returns the ``ref`` its later items name."""
+        ref = self.queue.add_live("open", pack_fields(flow), sessions)
+        self._live[ref] = []
+        self._schedule_flush()
+        return ref
+
+    def live_messages(self, ref: int, messages: list[WebSocketMessage]) -> None:
+        """Messages of a live flow: queued together within ``FLUSH_DELAY``, or at once past ``LIVE_BATCH``."""
+        pending = self._live.get(ref)
+        if pending is None:
+            return
+        pending.extend(messages)
+        if len(pending) >= LIVE_BATCH:
+            self._queue_messages(ref)
+        elif self._live_call is None:
+            self._live_call = self._reactor.callLater(FLUSH_DELAY, self._queue_live)
+
+    def close_live(self, ref: int, flow: tuple[Any, ...], close: WebSocketClose) -> None:
+        """The live flow's final record and how it closed, after every message queued before."""
+        if ref not in self._live:
+            return
+        self._queue_messages(ref)
+        del self._live[ref]
+        payload = msgpack.packb((pack_fields(flow), pack_close(close)), use_bin_type=True)
+        self.queue.add_live("close", payload, [], ref)
         self._schedule_flush()
 
     def call(self, method: str, on_chunk: Callable[[bytes], None] | None = None, **args: Any) -> defer.Deferred:
@@ -122,6 +162,7 @@ class Shipper:
 
     def drained(self, timeout: float) -> defer.Deferred:
         """Fires (with True if empty) once every pending flow is acked, or after ``timeout``."""
+        self._queue_live()
         if not self.pending:
             return defer.succeed(True)
         d: defer.Deferred = defer.Deferred()
@@ -199,6 +240,18 @@ class Shipper:
 
     # -- internals ------------------------------------------------------------
 
+    def _queue_live(self) -> None:
+        self._live_call = None
+        for ref in list(self._live):
+            self._queue_messages(ref)
+
+    def _queue_messages(self, ref: int) -> None:
+        pending = self._live.get(ref)
+        if pending:
+            self._live[ref] = []
+            self.queue.add_live("messages", pack_messages(pending), [], ref)
+            self._schedule_flush()
+
     def _schedule_flush(self) -> None:
         # Gathering a few milliseconds of flows makes one store transaction of many:
         # the per-commit cost, not the per-flow one, is what the store pays most for.
@@ -213,7 +266,7 @@ class Shipper:
             batch = queue.next_batch(BATCH_ITEMS)
             if not batch:
                 break
-            items = [[item.seq, item.sessions, item.flow] for item in batch]
+            items = [item.wire() for item in batch]
             protocol.send(wire.encode("flows", instance=batch[0].instance, items=items))
 
     def _notify_drained(self) -> None:

@@ -7,7 +7,9 @@ returns messages, so it is tested without sockets.
 
 Message types (``t``), proxy -> session manager:
     hello   {instance, pid}              first message on a connection
-    flows   {instance, items}            items: [[seq, [session ids], packed flow], ...]
+    flows   {instance, items}            items: [[seq, [session ids], packed flow], ...]; a live
+                                         (WebSocket) flow's items are [seq, [session ids], payload,
+                                         op, ref], op "open" | "messages" | "close" (capture.delivery)
     call    {id, method, args}           a request/reply call for the admin API
     subscribe / unsubscribe {session}    live events of a session wanted or not
     stats   {instance, data}             the proxy process's counters, every second

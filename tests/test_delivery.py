@@ -140,3 +140,15 @@ def test_a_spill_file_from_an_earlier_release_is_shipped_readable(tmp_path):
     assert (item.instance, item.seq, item.sessions) == ("old-instance", 5, [1])
     assert isinstance(item.flow, bytes)
     assert Flow.unpack(item.flow) == old
+
+
+def test_live_items_keep_their_operation_through_the_spill(tmp_path):
+    """Live-flow items (open, messages, close naming the open) spill and come back with op and ref intact."""
+    queue = DeliveryQueue("a", memory_limit=1, spill=SpillFile(str(tmp_path / "s")), spill_limit=10**9)
+    ref = queue.add_live("open", flow(1).pack(), [1])
+    queue.add_live("messages", b"batch", [], ref)
+    queue.add(flow(2), [1])
+    assert queue.spilled == 3
+    batch = queue.next_batch(10)
+    assert [item.wire() for item in batch] == [[1, [1], flow(1).pack(), "open", 0], [2, [], b"batch", "messages", 1],
+                                               [3, [1], flow(2).pack()]]

@@ -134,6 +134,15 @@ def test_http_and_tcp():
     assert matching("~tcp") == [TUNNEL]
 
 
+def test_websocket():
+    """~websocket matches upgraded exchanges only; ~http matches them too (as mitmproxy's does); ~q does not."""
+    socket = make_flow(kind="websocket", status=101, reason="Switching Protocols",
+                       response=Message(headers=((b"Upgrade", b"websocket"),)))
+    assert parse("~websocket")(socket) and parse("~http")(socket)
+    assert not parse("~q")(socket) and not parse("~tcp")(socket)
+    assert not any(parse("~websocket")(flow) for flow in SAMPLES)
+
+
 @pytest.mark.parametrize(
     "content_type",
     [
@@ -723,7 +732,7 @@ PATTERNS = [
     "caf\u00e9", "^$", "",
 ]
 REGEX_NAMES = ["m", "u", "d", "h", "hq", "hs", "b", "bq", "bs", "t", "tq", "ts", "src", "dst"]
-FLAG_NAMES = ["all", "q", "s", "e", "http", "tcp", "a"]
+FLAG_NAMES = ["all", "q", "s", "e", "http", "tcp", "websocket", "a"]
 
 
 def _quote(text: str, quote: str) -> str:
@@ -850,7 +859,7 @@ def flows(draw) -> Flow:
         status=0 if response is None else draw(st.sampled_from([200, 201, 404, 500])),
         response=response,
         error=draw(st.sampled_from(["", "connection refused"])),
-        kind=draw(st.sampled_from(["http", "tunnel"])),
+        kind=draw(st.sampled_from(["http", "tunnel", "websocket"])),
     )
 
 

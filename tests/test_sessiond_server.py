@@ -22,6 +22,7 @@ from capture.flow import Flow, Message
 from capture.rules import matching_sessions
 from capture.sessiond.server import SessionFactory, SessionManager, SessionProtocol
 from capture.sessiond.store import SQLiteStore as Store
+from capture.messages import WebSocketMessage, pack_messages
 from capture.shipper import Shipper, ShipperProtocol
 
 PID = 31337
@@ -483,3 +484,26 @@ def test_end_to_end_calls_and_rules(manager: SessionManager, store: Store) -> No
     pump.flush()
     (failure,) = failures
     assert failure.value.status == 404
+
+
+def test_live_flow_events_and_messages_call(manager: SessionManager, store: Store) -> None:
+    """A followed session hears of a WebSocket flow when it opens and of its messages as batches land;
+    ``flows.messages`` pages them."""
+    session = store.create_session("s")
+    peer = Peer(manager)
+    peer.hello()
+    peer.send("subscribe", session=session["id"])
+    socket = make_flow(1)._replace(kind="websocket", status=101)
+    batch = [WebSocketMessage(True, "text", b"hi", 2, False, 1700000001.0),
+             WebSocketMessage(False, "binary", b"\xff", 1, False, 1700000002.0)]
+    peer.send("flows", instance=INSTANCE, items=[[1, [session["id"]], socket.pack(), "open", 0],
+                                                 [2, [], pack_messages(batch), "messages", 1]])
+    events = [(m["event"], m["data"]) for m in peer.received() if m["t"] == "event"]
+    assert [name for name, _ in events] == ["flow", "messages"]
+    flow_id = events[0][1]["id"]
+    assert events[1][1] == {"id": flow_id, "message_count": 2, "added": 2}
+    reply = peer.call("flows.messages", flow_id=flow_id, offset=1, limit=5)
+    assert reply["result"]["total"] == 2
+    assert reply["result"]["messages"] == [{"from_client": False, "type": "binary", "content": "/w==",
+                                            "encoding": "base64", "size": 1, "truncated": False,
+                                            "time": "2023-11-14T22:13:22.000Z"}]

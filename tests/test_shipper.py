@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from capture import shipper as shipper_module
 from capture import wire
 from capture.flow import Flow, Message
+from capture.messages import WebSocketClose, WebSocketMessage, unpack_messages
 from capture.shipper import CALL_TIMEOUT, CallFailed, Shipper, ShipperFactory, ShipperProtocol, Unavailable
 
 
@@ -526,3 +527,48 @@ def test_drained_true_when_welcome_discards_the_rest(shipper: Shipper, clock: Me
     second.welcome(last_seq=1)
     assert shipper.pending == 0
     assert results == [True]
+
+
+# -- live (WebSocket) flows ------------------------------------------------------------
+
+
+def live_message(n: int) -> WebSocketMessage:
+    return WebSocketMessage(n % 2 == 0, "text", b"m%d" % n, 2, False, 1700000000.0 + n)
+
+
+def test_live_flow_items_ship_in_order_with_batched_messages(shipper: Shipper, clock: MemoryReactorClock) -> None:
+    """open, then the messages of one FLUSH_DELAY as one item, then close: numbered like flows, naming the open."""
+    conn = connect(shipper, clock)
+    ref = shipper.open_live(make_flow(1), [3])
+    for n in range(5):
+        shipper.live_messages(ref, [live_message(n)])
+    clock.advance(shipper_module.FLUSH_DELAY)
+    clock.advance(shipper_module.FLUSH_DELAY)
+    shipper.live_messages(ref, [live_message(5)])
+    shipper.close_live(ref, make_flow(1), WebSocketClose(1000, "", "server"))
+    clock.advance(shipper_module.FLUSH_DELAY)
+    items = [item for m in conn.sent() if m["t"] == "flows" for item in m["items"]]
+    assert [(item[0], item[3:]) for item in items[1:]] == [(2, ["messages", ref]), (3, ["messages", ref]),
+                                                           (4, ["close", ref])]
+    assert items[0][:2] == [ref, [3]] and items[0][3] == "open"
+    assert [m.content for m in unpack_messages(items[1][2])] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    assert [m.content for m in unpack_messages(items[2][2])] == [b"m5"]
+
+
+def test_live_messages_queue_at_once_past_the_batch_size(shipper: Shipper, clock: MemoryReactorClock) -> None:
+    """LIVE_BATCH messages make an item without waiting; nothing gathers without bound while disconnected."""
+    ref = shipper.open_live(make_flow(1), [3])
+    shipper.live_messages(ref, [live_message(n) for n in range(shipper_module.LIVE_BATCH)])
+    assert shipper.queue.pending == 2
+    shipper.live_messages(ref, [live_message(0)])
+    clock.advance(shipper_module.FLUSH_DELAY)
+    assert shipper.queue.pending == 3
+
+
+def test_drained_queues_gathered_messages_first(shipper: Shipper, clock: MemoryReactorClock) -> None:
+    """At shutdown messages still gathering count as pending and are queued, so they spill rather than vanish."""
+    ref = shipper.open_live(make_flow(1), [3])
+    shipper.live_messages(ref, [live_message(1)])
+    assert shipper.pending == 2
+    shipper.drained(1.0)
+    assert shipper.queue.pending == 2 and shipper.pending == 2

@@ -31,9 +31,10 @@ def test_schema_created_with_wal_and_version(tmp_path):
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"sessions", "flows", "flow_records", "session_flows", "delivered", "schema_version"} <= tables
+        assert {"sessions", "flows", "flow_records", "session_flows", "delivered", "schema_version",
+                "websockets", "websocket_messages"} <= tables
         indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert "session_flows_flow" in indexes and "sessions_state" in indexes
         assert not {"flows_host", "flows_status", "flows_method", "flows_client", "flows_time"} & indexes

@@ -61,6 +61,7 @@ class AdminApi(resource.Resource):
             (b"GET", re.compile(S + r"/events"), self._events),
             (b"GET", re.compile(F), self._get_flow),
             (b"GET", re.compile(F + r"/curl"), self._curl),
+            (b"GET", re.compile(F + r"/messages"), self._messages),
             (b"GET", re.compile(r"/api/passthrough"), self._list_passthrough),
             (b"DELETE", re.compile(r"/api/passthrough"), self._reset_passthrough),
         ]
@@ -215,6 +216,12 @@ class AdminApi(resource.Resource):
 
     async def _get_flow(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
         return 200, await self._shipper.call("flows.get", flow_id=int(flow_id))
+
+    async def _messages(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
+        """A WebSocket flow's messages, paged: ``{"messages": [...], "total": N}``, in the order they passed."""
+        return 200, await self._shipper.call("flows.messages", flow_id=int(flow_id),
+                                             offset=_int_arg(request, "offset", 0),
+                                             limit=_int_arg(request, "limit", 100))
 
 
     async def _list_passthrough(self, request: server.Request) -> tuple[int, Any]:

@@ -17,7 +17,7 @@ What goes to SQL, and why it is exact:
   Python's and no newline can stop a ``.``.  Other rows, and every real
   regex, go to ``capture_search``: a SQL function running the pattern the
   filter itself compiled.  Either way no record is decoded.
-* ``~c ~e ~s ~q ~http ~tcp`` compare columns; ``~a`` calls ``capture_asset``
+* ``~c ~e ~s ~q ~http ~tcp ~websocket`` compare columns; ``~a`` calls ``capture_asset``
   with the two columns the asset test reads.
 * ``!``, ``|`` when every part is exact; ``&`` pushes the exact parts of each
   side and leaves the rest as residual.
@@ -73,8 +73,9 @@ _FLAGS = {
     "q": "(f.has_response = 0 AND f.kind = 'http')",
     "s": "(f.has_response != 0)",
     "e": "(f.error != '')",
-    "http": "(f.kind = 'http')",
+    "http": "(f.kind IN ('http', 'websocket'))",
     "tcp": "(f.kind = 'tunnel')",
+    "websocket": "(f.kind = 'websocket')",
     "a": "capture_asset(f.content_type, f.path)",
 }
 

@@ -48,6 +48,7 @@ class SessionManager:
             "proxies": lambda: [proxy.stats for proxy in self.proxies if proxy.stats is not None],
             "sessions.stats": store.stats,
             "flows.get": store.get_flow,
+            "flows.messages": self._messages,
             "flows.curl": exports.curl,
             "export.har": exports.har,
             "export.postman": exports.postman,
@@ -87,6 +88,13 @@ class SessionManager:
                 summary = summary or {"id": flow_id, **flow.summary()}
                 self.publish(session_id, "flow", summary)
 
+    def messages_stored(self, watched: set[int], flow_id: int, session_ids: list[int], count: int,
+                        added: int) -> None:
+        """A ``messages`` event per followed session of a live flow: how many it has now, how many are new."""
+        for session_id in session_ids:
+            if session_id in watched:
+                self.publish(session_id, "messages", {"id": flow_id, "message_count": count, "added": added})
+
     def publish(self, session_id: int, event: str, data: Any) -> None:
         """Send a live event to the proxies whose admin clients follow this session."""
         message = None
@@ -105,6 +113,10 @@ class SessionManager:
     def _create(self, **fields: Any) -> dict[str, Any]:
         _check_filter(fields.get("filter") or "")
         return self.store.create_session(**fields)
+
+    def _messages(self, flow_id: int, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        messages, total = self.store.messages(flow_id, offset, limit)
+        return {"messages": [message.detail() for message in messages], "total": total}
 
     def _list_flows(
         self,
@@ -170,7 +182,9 @@ class SessionProtocol(Protocol):
             instance = str(message["instance"])
             watched = self.manager.watched()
             on_stored = partial(self.manager.flow_stored, watched) if watched else None
-            last = self.manager.store.ingest(instance, [tuple(item) for item in message["items"]], on_stored)
+            on_messages = partial(self.manager.messages_stored, watched) if watched else None
+            last = self.manager.store.ingest(instance, [tuple(item) for item in message["items"]], on_stored,
+                                             on_messages)
             self.transport.write(wire.encode("ack", instance=instance, seq=last))
         elif kind == "call":
             args = message.get("args") or {}

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from capture import filters
 from capture.flow import Flow
+from capture.messages import WebSocketClose, WebSocketMessage
 
 MAX_NAME = 200
 MAX_PAGE = 1000
@@ -49,10 +50,13 @@ class Unavailable(StoreError):
     status = 503
 
 
-#: ``(seq, session_ids, packed_flow)``: one captured flow as the proxy ships it.
-BatchItem = tuple[int, list[int], bytes]
-#: Called with ``(flow_id, session_ids, flow)`` for each flow a batch stored.
+#: ``(seq, session_ids, packed_flow)``: one captured flow as the proxy ships it; a live
+#: (WebSocket) flow's items are ``(seq, session_ids, payload, op, ref)`` (see capture.delivery).
+BatchItem = tuple[Any, ...]
+#: Called with ``(flow_id, session_ids, flow)`` for each flow a batch stored (or a live flow's end).
 OnStored = Callable[[int, list[int], Flow], None]
+#: Called with ``(flow_id, session_ids, message_count, added)`` for each live flow a batch added messages to.
+OnMessages = Callable[[int, list[int], int, int], None]
 
 
 class Store(Protocol):
@@ -103,14 +107,19 @@ class Store(Protocol):
     # ingest
 
     def ingest(
-        self, instance: str, batch: Sequence[BatchItem], on_stored: OnStored | None = None
+        self, instance: str, batch: Sequence[BatchItem], on_stored: OnStored | None = None,
+        on_messages: OnMessages | None = None,
     ) -> int:
         """Store a batch from one proxy instance, each flow exactly once; returns the new mark.
 
         Items at or below the instance's mark (a resend after a lost ack) are
         skipped; the flows and the mark commit together.  A flow naming no
         existing session is dropped; one that cannot be decoded is counted
-        in :attr:`rejected`.  ``on_stored`` runs after the commit.
+        in :attr:`rejected`.  ``on_stored`` and ``on_messages`` run after the
+        commit.  A live flow's ``open`` is stored as a flow and remembered by
+        (instance, seq); its ``messages`` are appended in order and its
+        ``close`` replaces its record; items for a live flow that was never
+        stored (no session wanted it) or is gone (cleared) are skipped.
         """
 
     def last_seq(self, instance: str) -> int:
@@ -150,3 +159,13 @@ class Store(Protocol):
 
     def load_flow(self, flow_id: int) -> Flow:
         """The stored Flow itself (for copy as curl and the like)."""
+
+    def messages(self, flow_id: int, offset: int = 0, limit: int = MAX_PAGE) -> tuple[list[WebSocketMessage], int]:
+        """A page of a WebSocket flow's messages, in the order they passed, and how many it has.
+
+        ``offset`` skips that many; a flow that is not a WebSocket has none;
+        NotFound when there is no such flow.
+        """
+
+    def websocket_close(self, flow_id: int) -> WebSocketClose | None:
+        """How a WebSocket flow ended: None while it is open, and for other flows."""

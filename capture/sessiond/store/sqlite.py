@@ -14,6 +14,11 @@ columns that listings, filters and statistics read; the full record (headers
 and bodies, up to ``max_capture_body`` each) lives apart in ``flow_records``,
 so a query over a session's summaries reads compact rows, not megabytes of
 bodies.  Filters are pushed down to SQL by :mod:`capture.sessiond.query`.
+
+A WebSocket flow is stored when it opens; ``websockets`` remembers which
+proxy item opened it (so its later items find it), how many messages it has
+and, once it ends, how it closed; ``websocket_messages`` holds its messages,
+one row each, keyed ``(flow_id, n)`` in the order they passed.
 """
 
 from __future__ import annotations
@@ -30,9 +35,31 @@ from typing import Any
 
 from capture import filters
 from capture.flow import Flow, iso_time
+from capture.grpcview import grpc_section
+from capture.messages import (
+    DETAIL_MESSAGES,
+    WebSocketClose,
+    WebSocketMessage,
+    pack_message,
+    unpack_close,
+    unpack_live_close,
+    unpack_message,
+    unpack_messages,
+    websocket_section,
+)
 from capture.sessiond import query
 from capture.sessiond.pacing import Pacer
-from capture.sessiond.store.interface import MAX_PAGE, Conflict, Invalid, NotFound, StoreError, Unavailable
+from capture.sessiond.store.interface import (
+    MAX_PAGE,
+    BatchItem,
+    Conflict,
+    Invalid,
+    NotFound,
+    OnMessages,
+    OnStored,
+    StoreError,
+    Unavailable,
+)
 from capture.sessiond.store.rows import (
     INT64,
     check_clients,
@@ -46,7 +73,7 @@ from capture.sessiond.store.rows import (
     summary_from_row,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 # How many rows a scan that decodes blobs fetches at a time; it restarts from
@@ -193,6 +220,23 @@ _MIGRATIONS: tuple[tuple[str, ...] | Callable[[sqlite3.Connection], None], ...] 
     # v3: every query starts from a session's range of session_flows and reaches
     # flows by id, so these indexes were never used, and each cost ingest time.
     tuple(f"DROP INDEX IF EXISTS flows_{column}" for column in ("host", "status", "method", "client", "time")),
+    # v4: WebSocket flows, stored while they are open.
+    (
+        """CREATE TABLE websockets (
+            flow_id INTEGER PRIMARY KEY,
+            instance TEXT NOT NULL,
+            open_seq INTEGER NOT NULL,
+            message_count INTEGER NOT NULL DEFAULT 0,
+            close BLOB
+        )""",
+        "CREATE UNIQUE INDEX websockets_opened ON websockets (instance, open_seq)",
+        """CREATE TABLE websocket_messages (
+            flow_id INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            record BLOB NOT NULL,
+            PRIMARY KEY (flow_id, n)
+        ) WITHOUT ROWID""",
+    ),
 )
 
 _SESSION_COLUMNS = (
@@ -211,7 +255,13 @@ _INSERT_FLOW = (
     " error, kind, has_response, request_type, response_type, plain)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_UPDATE_FLOW = (
+    "UPDATE flows SET time = ?, client = ?, client_port = ?, method = ?, scheme = ?, host = ?, port = ?,"
+    " path = ?, url = ?, status = ?, request_size = ?, response_size = ?, content_type = ?, duration_ms = ?,"
+    " error = ?, kind = ?, has_response = ?, request_type = ?, response_type = ?, plain = ? WHERE id = ?"
+)
 _INSERT_RECORD = "INSERT INTO flow_records (id, record) VALUES (?, ?)"
+_INSERT_OPENED = "INSERT INTO websockets (flow_id, instance, open_seq) VALUES (?, ?, ?)"
 _INSERT_LINK = "INSERT INTO session_flows (session_id, time, flow_id) VALUES (?, ?, ?)"
 # SQLite virtual-machine steps between two calls of the pacer from inside a
 # statement: 60 to 130 µs apart in bench/store_query.py's statistics and
@@ -376,10 +426,17 @@ class SQLiteStore:
     def ingest(
         self,
         instance: str,
-        batch: Sequence[tuple[int, list[int], bytes]],
-        on_stored: Callable[[int, list[int], Flow], None] | None = None,
+        batch: Sequence[BatchItem],
+        on_stored: OnStored | None = None,
+        on_messages: OnMessages | None = None,
     ) -> int:
         """Store a batch of ``(seq, session_ids, packed_flow)`` from one proxy instance.
+
+        Live-flow items ``(seq, session_ids, payload, op, ref)`` open a
+        WebSocket flow (stored like any flow), add its messages, or close it
+        (its final record replaces the first); see :mod:`capture.delivery`.
+        ``on_messages(flow_id, session_ids, count, added)`` follows a commit
+        that added messages.
 
         Items at or below the instance's high-water mark were delivered
         before (a resend after a lost ack) and are skipped.  One transaction:
@@ -402,30 +459,44 @@ class SQLiteStore:
             flow_rows: list[tuple[Any, ...]] = []
             records: list[tuple[int, bytes]] = []
             links: list[tuple[int, float, int]] = []
+            opened: list[tuple[int, str, int]] = []
             counts: Counter[int] = Counter()
             stored: list[tuple[int, list[int], Flow]] = []
+            added: dict[int, list[Any]] = {}
 
             def insert() -> None:
                 # A few flows at a time, so that the CPU can be offered in between.
                 db.executemany(_INSERT_FLOW, flow_rows)
                 db.executemany(_INSERT_RECORD, records)
                 db.executemany(_INSERT_LINK, links)
-                for pending in (flow_rows, records, links):
+                db.executemany(_INSERT_OPENED, opened)
+                for pending in (flow_rows, records, links, opened):
                     pending.clear()
 
             for item in batch:
                 self._pace()
+                op = None
                 try:
-                    seq, session_ids, record = item
+                    if len(item) == 5:
+                        seq, session_ids, record, op, ref = item
+                    else:
+                        seq, session_ids, record = item
                 except (TypeError, ValueError):
                     rejected += 1
                     continue
-                if type(seq) is not int:
+                if type(seq) is not int or op not in (None, "open", "messages", "close"):
                     rejected += 1
                     continue
                 if seq <= mark:
                     continue
                 mark = seq
+                if op in ("messages", "close"):
+                    insert()  # the flow it names may be among those not yet written
+                    try:
+                        self._live(db, instance, op, ref, record, stored if on_stored else None, added)
+                    except Exception:
+                        rejected += 1
+                    continue
                 # A bad item must not cost the rest of the batch.
                 try:
                     targets = link_targets(session_ids, existing)
@@ -442,6 +513,8 @@ class SQLiteStore:
                 for session_id in targets:
                     links.append((session_id, flow.start, next_id))
                     counts[session_id] += 1
+                if op == "open":
+                    opened.append((next_id, instance, seq))
                 if on_stored is not None:
                     stored.append((next_id, list(targets), flow))
                 if len(flow_rows) == _INSERT_CHUNK:
@@ -462,7 +535,76 @@ class SQLiteStore:
         self.rejected += rejected
         for flow_id, session_ids, flow in stored:
             on_stored(flow_id, session_ids, flow)
+        if on_messages is not None:
+            for flow_id, (session_ids, count, new) in added.items():
+                on_messages(flow_id, session_ids, count, new)
         return mark
+
+    def _live(self, db: sqlite3.Connection, instance: str, op: str, ref: Any, record: Any,
+              stored: list[tuple[int, list[int], Flow]] | None, added: dict[int, list[Any]]) -> None:
+        """Messages for, or the end of, the live flow item ``ref`` opened; nothing if it is not stored.
+
+        ValueError (or TypeError) for a payload that does not decode: the caller counts it rejected.
+        """
+        row = db.execute(
+            "SELECT flow_id, message_count FROM websockets WHERE instance = ? AND open_seq = ?", (instance, ref)
+        ).fetchone()
+        if op == "messages":
+            messages = unpack_messages(record)
+            if row is None or not messages:
+                return
+            flow_id, count = row
+            db.executemany(
+                "INSERT INTO websocket_messages (flow_id, n, record) VALUES (?, ?, ?)",
+                [(flow_id, count + i, pack_message(message)) for i, message in enumerate(messages, 1)],
+            )
+            db.execute("UPDATE websockets SET message_count = ? WHERE flow_id = ?", (count + len(messages), flow_id))
+            entry = added.get(flow_id)
+            if entry is None:
+                entry = added[flow_id] = [self._holders(db, flow_id), count, 0]
+            entry[1] = count + len(messages)
+            entry[2] += len(messages)
+            return
+        flow_record, close_record = unpack_live_close(record)
+        flow = Flow.unpack(flow_record)
+        columns = flow_row(flow)
+        if row is None:
+            return
+        flow_id = row[0]
+        db.execute(_UPDATE_FLOW, (*columns, flow_id))
+        db.execute("UPDATE flow_records SET record = ? WHERE id = ?", (flow_record, flow_id))
+        db.execute("UPDATE websockets SET close = ? WHERE flow_id = ?", (close_record, flow_id))
+        if stored is not None:
+            stored.append((flow_id, self._holders(db, flow_id), flow))
+
+    @staticmethod
+    def _holders(db: sqlite3.Connection, flow_id: int) -> list[int]:
+        return [session_id for (session_id,) in db.execute(
+            "SELECT session_id FROM session_flows WHERE flow_id = ? ORDER BY session_id", (flow_id,))]
+
+    def messages(self, flow_id: int, offset: int = 0, limit: int = MAX_PAGE) -> tuple[list[WebSocketMessage], int]:
+        """A page of a WebSocket flow's messages in the order they passed, and how many it has."""
+        if type(flow_id) is not int:
+            raise Invalid("flow id must be an integer")
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
+        if type(offset) is not int or not 0 <= offset <= INT64[1]:
+            raise Invalid("offset must be a non-negative integer")
+        row = self._db.execute("SELECT message_count FROM websockets WHERE flow_id = ?", (flow_id,)).fetchone()
+        if row is None:
+            if self._db.execute("SELECT 1 FROM flows WHERE id = ?", (flow_id,)).fetchone() is None:
+                raise NotFound(f"no flow {flow_id}")
+            return [], 0
+        rows = self._db.execute(
+            "SELECT record FROM websocket_messages WHERE flow_id = ? AND n > ? ORDER BY n LIMIT ?",
+            (flow_id, offset, limit),
+        ).fetchall()
+        return [unpack_message(record) for (record,) in rows], row[0]
+
+    def websocket_close(self, flow_id: int) -> WebSocketClose | None:
+        """How a WebSocket flow ended; None while it is open (or for any other flow)."""
+        row = self._db.execute("SELECT close FROM websockets WHERE flow_id = ?", (flow_id,)).fetchone()
+        return None if row is None or row[0] is None else unpack_close(row[0])
 
     def last_seq(self, instance: str) -> int:
         """The highest sequence number stored for ``instance``; 0 if none."""
@@ -584,7 +726,15 @@ class SQLiteStore:
                 "SELECT session_id FROM session_flows WHERE flow_id = ? ORDER BY session_id", (flow_id,)
             )
         ]
-        return {"id": flow_id, "session_ids": session_ids, **Flow.unpack(row[0]).detail()}
+        flow = Flow.unpack(row[0])
+        detail = {"id": flow_id, "session_ids": session_ids, **flow.detail()}
+        grpc = grpc_section(flow)
+        if grpc is not None:
+            detail["grpc"] = grpc
+        if flow.kind == "websocket":
+            messages, count = self.messages(flow_id, 0, DETAIL_MESSAGES)
+            detail["websocket"] = websocket_section(messages, count, self.websocket_close(flow_id))
+        return detail
 
     def load_flow(self, flow_id: int) -> Flow:
         """The stored Flow itself (for copy as curl and the like)."""
@@ -686,6 +836,8 @@ class SQLiteStore:
         )
         db.execute("DELETE FROM flows WHERE id IN (SELECT flow_id FROM temp.gone)")
         db.execute("DELETE FROM flow_records WHERE id IN (SELECT flow_id FROM temp.gone)")
+        db.execute("DELETE FROM websocket_messages WHERE flow_id IN (SELECT flow_id FROM temp.gone)")
+        db.execute("DELETE FROM websockets WHERE flow_id IN (SELECT flow_id FROM temp.gone)")
         db.execute("DELETE FROM temp.gone")
 
     def _plan(self, expression: str | filters.Filter) -> query.Query:

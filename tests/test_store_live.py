@@ -1,0 +1,152 @@
+"""Live (WebSocket) flows in the store, on every backend: opened, messages appended as batches arrive, closed.
+
+The items are what the proxy ships (capture.delivery): ``open`` stores the
+flow, ``messages`` and ``close`` name it by the opening item's sequence
+number, and every item is de-duplicated by the same per-instance mark as a
+plain flow.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from capture.flow import Flow, Message, pack_fields
+from capture.messages import WebSocketClose, WebSocketMessage, pack_close, pack_messages
+from capture.sessiond.store import NotFound, open_store
+
+T0 = 1_700_000_000.0
+
+
+def socket_flow(end: float | None = None, error: str = "") -> Flow:
+    return Flow(client="10.0.0.5", client_port=5000, scheme="http", host="chat.example", port=80, method="GET",
+                path="/ws", request=Message(headers=((b"Upgrade", b"websocket"),)), status=101,
+                reason="Switching Protocols", response=Message(headers=((b"Upgrade", b"websocket"),)),
+                start=T0, request_done=T0, response_start=T0 + 0.01, end=end, error=error, kind="websocket")
+
+
+def message(n: int, from_client: bool = True) -> WebSocketMessage:
+    return WebSocketMessage(from_client, "text", f"m{n}".encode(), len(f"m{n}"), False, T0 + n)
+
+
+def opened(seq: int, sessions: list[int]) -> tuple:
+    return (seq, sessions, pack_fields(socket_flow()), "open", 0)
+
+
+def messages(seq: int, ref: int, numbers: range) -> tuple:
+    return (seq, [], pack_messages([message(n, n % 2 == 0) for n in numbers]), "messages", ref)
+
+
+def closed(seq: int, ref: int, close: WebSocketClose = WebSocketClose(1000, "bye", "client")) -> tuple:
+    payload = msgpack.packb((pack_fields(socket_flow(end=T0 + 9)), pack_close(close)), use_bin_type=True)
+    return (seq, [], payload, "close", ref)
+
+
+@pytest.fixture
+def store(store_database):
+    s = open_store(store_database)
+    yield s
+    s.close()
+
+
+def test_open_flow_shows_while_messages_arrive(store):
+    """The flow is listed once opened; each batch adds messages in order; the detail says it is open."""
+    sid = store.create_session("s")["id"]
+    store.ingest("p", [opened(1, [sid])])
+    (summary,), total = store.list_flows(sid)
+    assert total == 1 and summary["status"] == 101 and summary["duration_ms"] is None
+    detail = store.get_flow(summary["id"])
+    assert detail["websocket"] == {"open": True, "message_count": 0, "messages": [], "close": None}
+    store.ingest("p", [messages(2, 1, range(0, 3))])
+    store.ingest("p", [messages(3, 1, range(3, 5))])
+    section = store.get_flow(summary["id"])["websocket"]
+    assert section["message_count"] == 5
+    assert [m["content"] for m in section["messages"]] == ["m0", "m1", "m2", "m3", "m4"]
+    assert [m["from_client"] for m in section["messages"]] == [True, False, True, False, True]
+    assert section["messages"][0] == {"from_client": True, "type": "text", "content": "m0", "encoding": "utf-8",
+                                      "size": 2, "truncated": False, "time": "2023-11-14T22:13:20.000Z"}
+
+
+def test_close_replaces_the_record_and_says_how_it_ended(store):
+    """The close item's record replaces the open one (duration now known), and the close is shown."""
+    sid = store.create_session("s")["id"]
+    store.ingest("p", [opened(1, [sid]), messages(2, 1, range(2)), closed(3, 1)])
+    (summary,), _ = store.list_flows(sid)
+    assert summary["duration_ms"] == 9000.0
+    section = store.get_flow(summary["id"])["websocket"]
+    assert section["open"] is False and section["message_count"] == 2
+    assert section["close"] == {"code": 1000, "reason": "bye", "closed_by": "client"}
+    assert store.websocket_close(summary["id"]) == WebSocketClose(1000, "bye", "client")
+
+
+def test_resent_items_are_stored_once(store):
+    """A batch delivered again (its ack lost) adds no message twice and opens no second flow."""
+    sid = store.create_session("s")["id"]
+    batch = [opened(1, [sid]), messages(2, 1, range(3))]
+    assert store.ingest("p", batch) == 2
+    assert store.ingest("p", batch) == 2
+    store.ingest("p", [messages(2, 1, range(3)), messages(3, 1, range(3, 4))])
+    (summary,), total = store.list_flows(sid)
+    page, count = store.messages(summary["id"])
+    assert total == 1 and count == 4 and [m.content for m in page] == [b"m0", b"m1", b"m2", b"m3"]
+
+
+def test_messages_are_paged(store):
+    """``messages`` pages by offset and limit, in order, with the total."""
+    sid = store.create_session("s")["id"]
+    store.ingest("p", [opened(1, [sid]), messages(2, 1, range(10))])
+    (summary,), _ = store.list_flows(sid)
+    page, total = store.messages(summary["id"], offset=7, limit=2)
+    assert total == 10 and [m.content for m in page] == [b"m7", b"m8"]
+    with pytest.raises(NotFound):
+        store.messages(999999)
+
+
+def test_items_for_a_flow_never_stored_are_skipped(store):
+    """A socket no session wanted (or one from another instance) gets no messages; the mark still moves."""
+    sid = store.create_session("s")["id"]
+    assert store.ingest("p", [opened(1, [sid + 100]), messages(2, 1, range(3)), closed(3, 1)]) == 3
+    assert store.ingest("q", [messages(1, 1, range(3))]) == 1
+    assert store.list_flows(sid)[1] == 0 and store.rejected == 0
+
+
+def test_bad_live_payload_is_rejected_alone(store):
+    """An undecodable messages item is counted rejected; the items after it are stored."""
+    sid = store.create_session("s")["id"]
+    store.ingest("p", [opened(1, [sid]), (2, [], b"\xc1junk", "messages", 1), messages(3, 1, range(1)),
+                       (4, [], b"x", "bogus", 1)])
+    (summary,), _ = store.list_flows(sid)
+    assert store.messages(summary["id"])[1] == 1 and store.rejected == 2
+
+
+def test_clear_drops_the_messages_too(store):
+    """Clearing a session removes its WebSocket flows with their messages; later items for them are skipped."""
+    sid = store.create_session("s")["id"]
+    store.ingest("p", [opened(1, [sid]), messages(2, 1, range(3))])
+    (summary,), _ = store.list_flows(sid)
+    store.clear(sid)
+    with pytest.raises(NotFound):
+        store.messages(summary["id"])
+    store.ingest("p", [messages(3, 1, range(3, 5)), closed(4, 1)])
+    assert store.list_flows(sid)[1] == 0 and store.rejected == 0
+
+
+def test_callbacks_announce_messages_and_the_end(store):
+    """on_messages reports the new count per flow per batch; on_stored reports the open and the close."""
+    sid = store.create_session("s")["id"]
+    seen_messages, seen_flows = [], []
+    store.ingest("p", [opened(1, [sid]), messages(2, 1, range(2)), messages(3, 1, range(2, 5)), closed(4, 1)],
+                 lambda flow_id, sessions, flow: seen_flows.append((sessions, flow.end)),
+                 lambda flow_id, sessions, count, added: seen_messages.append((sessions, count, added)))
+    assert seen_messages == [([sid], 5, 5)]
+    assert seen_flows == [([sid], None), ([sid], T0 + 9)]
+
+
+def test_websocket_filter_in_the_store(store):
+    """~websocket selects the WebSocket flows of a session, pushed down or not."""
+    sid = store.create_session("s")["id"]
+    plain = socket_flow()._replace(kind="http", status=200, path="/plain")
+    store.ingest("p", [(1, [sid], plain.pack()), opened(2, [sid])])
+    assert [f["path"] for f in store.list_flows(sid, filter="~websocket")[0]] == ["/ws"]
+    assert [f["path"] for f in store.list_flows(sid, filter="~websocket & ~b m0")[0]] == []
+    assert store.list_flows(sid, filter="~http")[1] == 2
