@@ -12,6 +12,7 @@ import pytest
 
 from capture.export import har
 from capture.flow import Flow
+from capture.messages import WebSocketMessage
 from test_export_samples import GZIPPED, HTTP_SAMPLES, JSON_BODY, PNG, T0, flow, message, samples
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "har-1.2.json").read_text())
@@ -362,3 +363,26 @@ def test_round_trip_of_responses() -> None:
         body = base64.b64decode(text) if content.get("encoding") == "base64" else text.encode("utf-8")
         expected = gzip.decompress(original.response.body) if name == "json_post" else original.response.body
         assert body == expected, name
+
+
+def socket_flow() -> Flow:
+    return flow(kind="websocket", path="/chat", status=101, reason="Switching Protocols",
+                request=message([("Host", "api.example.com"), ("Upgrade", "websocket"), ("Connection", "Upgrade")]),
+                response=message([("Upgrade", "websocket"), ("Connection", "Upgrade")]))
+
+
+def test_websocket_entry_as_chrome_writes_it() -> None:
+    """A WebSocket is an entry with _resourceType websocket and its messages in _webSocketMessages, valid HAR."""
+    messages = [WebSocketMessage(True, "text", "héllo".encode(), 6, False, T0 + 1.25),
+                WebSocketMessage(False, "binary", b"\x00\xff", 2, False, T0 + 2.5)]
+    document = har.document([flow(), (socket_flow(), messages)], "1.0")
+    validate(document)
+    plain, socket = document["log"]["entries"]
+    assert "_resourceType" not in plain
+    assert socket["_resourceType"] == "websocket" and socket["response"]["status"] == 101
+    assert socket["_webSocketMessages"] == [
+        {"type": "send", "time": T0 + 1.25, "opcode": 1, "data": "héllo"},
+        {"type": "receive", "time": T0 + 2.5, "opcode": 2, "data": base64.b64encode(b"\x00\xff").decode()},
+    ]
+    streamed = json.loads(b"".join(har.stream([flow(), (socket_flow(), messages)], "1.0")))
+    assert streamed == document

@@ -281,3 +281,13 @@ def test_ipv6_host() -> None:
     validate(collection)
     url = collection["item"][0]["item"][0]["request"]["url"]
     assert url["host"] == ["[::1]"] and url["port"] == "8080" and url["raw"] == "http://[::1]:8080/x"
+
+
+def test_websockets_are_left_out_with_a_note() -> None:
+    """WebSocket flows make no request item; the collection's description says how many were left out."""
+    socket = flow(kind="websocket", path="/chat", status=101)
+    collection = postman.collection([flow(path="/a"), socket, socket], "Chat", True)
+    validate(collection)
+    assert [item["name"] for _, item in walk(collection["item"])] == ["GET /a"]
+    assert collection["info"]["description"].startswith("2 WebSocket connections are left out")
+    assert "description" not in postman.collection([flow()], "Plain", True)["info"]

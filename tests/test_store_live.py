@@ -8,11 +8,14 @@ plain flow.
 
 from __future__ import annotations
 
+import json
+
 import msgpack
 import pytest
 
 from capture.flow import Flow, Message, pack_fields
 from capture.messages import WebSocketClose, WebSocketMessage, pack_close, pack_messages
+from capture.sessiond.exports import Exports
 from capture.sessiond.store import NotFound, open_store
 
 T0 = 1_700_000_000.0
@@ -150,3 +153,16 @@ def test_websocket_filter_in_the_store(store):
     assert [f["path"] for f in store.list_flows(sid, filter="~websocket")[0]] == ["/ws"]
     assert [f["path"] for f in store.list_flows(sid, filter="~websocket & ~b m0")[0]] == []
     assert store.list_flows(sid, filter="~http")[1] == 2
+
+
+def test_har_export_carries_the_stored_messages(store):
+    """The session's HAR has the WebSocket entry with every stored message; Postman notes it left one out."""
+    sid = store.create_session("s")["id"]
+    store.ingest("p", [opened(1, [sid]), messages(2, 1, range(3)), closed(3, 1)])
+    document = json.loads(b"".join(Exports(store).har(sid)))
+    (entry,) = document["log"]["entries"]
+    assert entry["_resourceType"] == "websocket"
+    assert [(m["type"], m["data"]) for m in entry["_webSocketMessages"]] == [
+        ("send", "m0"), ("receive", "m1"), ("send", "m2")]
+    collection = json.loads(b"".join(Exports(store).postman(sid)))
+    assert collection["item"] == [] and "1 WebSocket connection is left out" in collection["info"]["description"]

@@ -5,6 +5,11 @@ any HAR viewer.  Tunnels and failed CONNECTs are not HTTP requests and are
 left out.  Bodies are text when they are UTF-8 and base64 otherwise (HAR has
 an ``encoding`` field for responses only; a base64 request body says so in
 its ``comment``); a body cut at ``max_capture_body`` says so in a comment.
+A WebSocket is an entry as Chrome writes one: the upgrade exchange with
+``_resourceType: "websocket"`` and its messages in ``_webSocketMessages``
+(``type`` send or receive, ``time`` in epoch seconds, ``opcode`` 1 for
+text and 2 for binary, ``data`` the text, or base64 for binary).  Flows come
+alone, or as ``(flow, messages)`` pairs for WebSockets.
 :func:`stream` writes a document one entry at a time, so exporting a large
 session never builds one giant string.
 """
@@ -14,42 +19,55 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence, Union
 from urllib.parse import parse_qsl
 
 from capture.export import decoded_body, header_values, is_exchange, media_type, split_target, utf8
 from capture.export.cookies import parse_cookie_header, parse_set_cookie
 from capture.flow import Flow, Headers, Message, iso_time
+from capture.messages import OPCODES, WebSocketMessage
 
 __all__ = ["document", "entry", "stream"]
 
 VERSION = "1.2"
 _UNKNOWN_MIME = "x-unknown"  # what browsers write when there is no Content-Type
 
-
-def document(flows: Iterable[Flow], creator_version: str) -> dict[str, Any]:
-    """A whole HAR document: ``{"log": {...}}`` with one entry per HTTP flow, in order."""
-    return {"log": {**_log_head(creator_version), "entries": [entry(f) for f in flows if is_exchange(f)]}}
+#: A flow, or a WebSocket flow with its messages.
+Exported = Union[Flow, tuple[Flow, Sequence[WebSocketMessage]]]
 
 
-def stream(flows: Iterable[Flow], creator_version: str) -> Iterator[bytes]:
+def document(flows: Iterable[Exported], creator_version: str) -> dict[str, Any]:
+    """A whole HAR document: ``{"log": {...}}`` with one entry per HTTP flow or WebSocket, in order."""
+    return {"log": {**_log_head(creator_version), "entries": [entry(*pair) for pair in _pairs(flows)]}}
+
+
+def stream(flows: Iterable[Exported], creator_version: str) -> Iterator[bytes]:
     """The same document as :func:`document`, as UTF-8 JSON pieces, one entry per piece."""
     head = json.dumps(_log_head(creator_version), ensure_ascii=False)
     yield ('{"log": ' + head[:-1] + ', "entries": [').encode("utf-8")
     separator = ""
-    for flow in flows:
-        if is_exchange(flow):
-            yield (separator + json.dumps(entry(flow), ensure_ascii=False)).encode("utf-8")
-            separator = ", "
+    for flow, messages in _pairs(flows):
+        yield (separator + json.dumps(entry(flow, messages), ensure_ascii=False)).encode("utf-8")
+        separator = ", "
     yield b"]}}"
+
+
+def _pairs(flows: Iterable[Exported]) -> Iterator[tuple[Flow, Sequence[WebSocketMessage]]]:
+    for item in flows:
+        flow, messages = item if isinstance(item, tuple) and not isinstance(item, Flow) else (item, ())
+        if is_exchange(flow) or flow.kind == "websocket":
+            yield flow, messages
 
 
 def _log_head(creator_version: str) -> dict[str, Any]:
     return {"version": VERSION, "creator": {"name": "capture", "version": creator_version}, "pages": []}
 
 
-def entry(flow: Flow) -> dict[str, Any]:
-    """One HAR entry for an HTTP flow; a flow that got no response has status 0 and says why in ``comment``."""
+def entry(flow: Flow, messages: Sequence[WebSocketMessage] = ()) -> dict[str, Any]:
+    """One HAR entry for an HTTP flow or a WebSocket (with its messages).
+
+    A flow that got no response has status 0 and says why in ``comment``.
+    """
     timings = _timings(flow)
     result: dict[str, Any] = {
         "startedDateTime": iso_time(flow.start),
@@ -63,7 +81,19 @@ def entry(flow: Flow) -> dict[str, Any]:
         result["serverIPAddress"] = flow.server_ip
     if flow.error:
         result["comment"] = flow.error
+    if flow.kind == "websocket":
+        result["_resourceType"] = "websocket"
+        result["_webSocketMessages"] = [_websocket_message(message) for message in messages]
     return result
+
+
+def _websocket_message(message: WebSocketMessage) -> dict[str, Any]:
+    if message.type == "text":
+        data = message.content.decode("utf-8", "replace")
+    else:
+        data = base64.b64encode(message.content).decode("ascii")
+    return {"type": "send" if message.from_client else "receive", "time": message.time,
+            "opcode": OPCODES[message.type], "data": data}
 
 
 def _request(flow: Flow) -> dict[str, Any]:

@@ -8,7 +8,8 @@ as a saved example of its request.  Requests must run as they stand under
 Postman or ``newman``: connection and proxy headers, Host and Content-Length
 are left for the client to write, and a body Postman cannot send faithfully
 (binary, or a multipart file it does not have) is described rather than
-mangled.
+mangled.  A collection holds HTTP requests only: WebSockets are left out,
+and the collection's description says how many and why.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE", "COPY", "UNL
 
 
 def collection(flows: Iterable[Flow], name: str, with_responses: bool) -> dict[str, Any]:
-    """A Postman v2.1 collection of the HTTP flows; tunnels and failed CONNECTs are skipped."""
+    """A Postman v2.1 collection of the HTTP flows; tunnels, failed CONNECTs and WebSockets are skipped."""
     root: list[dict[str, Any]] = []
     folders: dict[tuple[str, ...], dict[str, Any]] = {}
     items: dict[tuple[str, str, bytes], dict[str, Any]] = {}
@@ -55,7 +56,11 @@ def collection(flows: Iterable[Flow], name: str, with_responses: bool) -> dict[s
             folders[names] = node
         return folders[names]["item"]
 
+    websockets = 0
     for flow in flows:
+        if flow.kind == "websocket":
+            websockets += 1
+            continue
         if not is_exchange(flow):
             continue
         # A digest, not the body: duplicates need not keep their bodies alive.
@@ -68,10 +73,13 @@ def collection(flows: Iterable[Flow], name: str, with_responses: bool) -> dict[s
             folder((_authority(flow), *segments)).append(item)
         if with_responses and flow.response is not None:
             item["response"].append(_example(flow, item["request"]))
-    return {
-        "info": {"_postman_id": str(uuid.uuid4()), "name": name, "schema": SCHEMA},
-        "item": root,
-    }
+    info: dict[str, Any] = {"_postman_id": str(uuid.uuid4()), "name": name, "schema": SCHEMA}
+    if websockets:
+        plural = "s are" if websockets > 1 else " is"
+        info["description"] = (f"{websockets} WebSocket connection{plural} left out: a Postman collection holds"
+                               " HTTP requests only. The HAR export of this session carries them with their"
+                               " messages.")
+    return {"info": info, "item": root}
 
 
 def _authority(flow: Flow) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 from capture import __version__
 from capture.export import cookies, curl, har, is_exchange, postman
 from capture.flow import Flow
-from capture.sessiond.store import Conflict, Invalid, Store
+from capture.messages import WebSocketMessage
+from capture.sessiond.store import MAX_PAGE, Conflict, Invalid, NotFound, Store
 
 CHUNK = 256 * 1024
 
@@ -24,11 +25,15 @@ class Exports:
 
     def har(self, session_id: int, filter: str = "") -> Iterator[bytes]:
         self.store.get_session(session_id)  # NotFound before the first chunk
-        return _rechunk(har.stream(self._flows(session_id, filter), __version__))
+        flows = self.store.iter_flows(session_id, filter=filter)  # the filter checked before the first chunk
+        return _rechunk(har.stream(self._with_messages(flows), __version__))
 
     def postman(self, session_id: int, filter: str = "") -> Iterator[bytes]:
         session = self.store.get_session(session_id)
-        document = postman.collection(self._flows(session_id, filter), session["name"], session["capture_responses"])
+        # WebSockets go in too, only to be counted in the collection's description.
+        flows = (flow for _, flow in self.store.iter_flows(session_id, filter=filter)
+                 if is_exchange(flow) or flow.kind == "websocket")
+        document = postman.collection(flows, session["name"], session["capture_responses"])
         data = json.dumps(document, indent=1).encode("utf-8")
         return iter([data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""])
 
@@ -54,6 +59,26 @@ class Exports:
         than an export cut off after its first chunk.
         """
         return (flow for _, flow in self.store.iter_flows(session_id, filter=expression) if is_exchange(flow))
+
+
+    def _with_messages(self, flows: Iterable[tuple[int, Flow]]) -> Iterator[har.Exported]:
+        """Each HTTP flow, and each WebSocket with every message it has stored."""
+        for flow_id, flow in flows:
+            if flow.kind == "websocket":
+                yield flow, self._messages(flow_id)
+            elif is_exchange(flow):
+                yield flow
+
+    def _messages(self, flow_id: int) -> list[WebSocketMessage]:
+        messages: list[WebSocketMessage] = []
+        while True:
+            try:
+                page, total = self.store.messages(flow_id, len(messages), MAX_PAGE)
+            except NotFound:  # cleared while the export ran
+                return messages
+            messages.extend(page)
+            if not page or len(messages) >= total:
+                return messages
 
 
 def _rechunk(pieces: Iterable[bytes]) -> Iterator[bytes]:
