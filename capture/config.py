@@ -37,12 +37,17 @@ class UpstreamProxy:
 
 
 @dataclass(frozen=True)
+class SystemProxy:
+    """``upstream = system``: chain as the environment's http_proxy/https_proxy/no_proxy say."""
+
+
+@dataclass(frozen=True)
 class ProxySettings:
     listen: str
     allow: tuple[IPNetwork, ...]
     max_capture_body: int
     idle_timeout: float
-    upstream: UpstreamProxy | None
+    upstream: UpstreamProxy | SystemProxy | None
     no_upstream: tuple[str, ...]
     workers: int
     magic_host: str
@@ -250,12 +255,14 @@ def _host_name(value: str) -> str:
     return name
 
 
-_UPSTREAM_FORM = "expected http://[user:password@]host:port"
+_UPSTREAM_FORM = "expected empty, system, or http://[user:password@]host:port"
 
 
-def _upstream(value: str) -> UpstreamProxy | None:
+def _upstream(value: str) -> UpstreamProxy | SystemProxy | None:
     if not value:
         return None
+    if value.lower() == "system":
+        return SystemProxy()
     if any(char.isspace() for char in value):
         raise ValueError(f"contains spaces ({_UPSTREAM_FORM})")
     try:

@@ -25,11 +25,12 @@ from zope.interface import implementer
 from capture import http1, pages, tcp
 from capture.ca import CertificateAuthority
 from capture.config import Settings
+from capture.envproxy import chained_proxy
 from capture.rules import SessionRule, matching_sessions
 from capture.shipper import Shipper
 from capture.tls import UpstreamTLS
 from capture.tunnel import Sniffer, TunnelTarget, describe_client_tls_failure, host_matches, tunnel_flow
-from capture.upstream import UpstreamPool, UpstreamProtocol, Via, describe_connect_error
+from capture.upstream import UpstreamPool, UpstreamProtocol, describe_connect_error
 
 REDACTED = b"[redacted]"
 CLOSE_TIMEOUT = 10.0
@@ -57,11 +58,7 @@ class ProxyFactory(Factory):
         self.ca = ca
         if pool is None:
             tls = UpstreamTLS(settings.tls.verify_upstream, settings.tls.upstream_ca)
-            chained = settings.proxy.upstream
-            via = None
-            if chained is not None:
-                via = Via(chained.host, chained.port, chained.username, chained.password, settings.proxy.no_upstream)
-            pool = UpstreamPool(reactor, tls, via, connect_timeout=settings.limits.connect_timeout,
+            pool = UpstreamPool(reactor, tls, chained_proxy(settings.proxy), connect_timeout=settings.limits.connect_timeout,
                                 idle_timeout=settings.proxy.idle_timeout)
         self.pool = pool
         self.own_ports: set[int] = set()

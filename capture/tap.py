@@ -217,7 +217,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     log.info("CA {path}/ca.pem, SHA-256 {fingerprint}", path=settings.tls.ca_dir, fingerprint=ca.sha256)
     token = ensure_token(settings.admin.token_file)
     log.info("admin token file: {path}", path=settings.admin.token_file)
-    if settings.proxy.upstream is not None:
+    if isinstance(settings.proxy.upstream, config.SystemProxy):
+        log.info("chaining as the environment says (http_proxy, https_proxy, no_proxy)")
+    elif settings.proxy.upstream is not None:
         log.info("chaining to upstream proxy {host}:{port}", host=settings.proxy.upstream.host, port=settings.proxy.upstream.port)
 
     top = OrderedServices()
@@ -270,6 +272,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             "client_connections": sum(p["client_connections"] for p in processes),
             "connections_over_limit": sum(p["connections_over_limit"] for p in processes),
             "ca_sha256": ca.sha256,
+            "upstream": proxy.pool.via.describe() if proxy.pool.via is not None else {"mode": "direct"},
             "auto_passthrough": [
                 {"client": client, "host": host, "since": iso_time(since)}
                 for (client, host), since in sorted(proxy.auto_passthrough.items())

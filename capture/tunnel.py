@@ -163,7 +163,11 @@ class RawTunnel:
         self._idle = proxy.factory.reactor.callLater(self._idle_timeout, self._idle_expired)
         proxy.pause("connect")
         pool = proxy.factory.pool
-        via = pool.via if pool.via is not None and pool.via.used_for(host) else None
+        try:
+            via = pool.via_for("https", host, port)  # a tunnel is a CONNECT: the https proxy carries it
+        except UpstreamProxyFailed:
+            self._failed(Failure())
+            return
         address = (via.host, via.port) if via is not None else (host, port)
         endpoint = HostnameEndpoint(proxy.factory.reactor, *address, timeout=pool.connect_timeout)
         d = endpoint.connect(_RelayFactory(self, via))

@@ -298,7 +298,10 @@ class UpstreamPool:
             protocol.on_lost = None
             return defer.succeed(protocol)
         tls = self.tls.connection(key[3]) if scheme == "https" else None
-        via = self.via if self.via is not None and self.via.used_for(host) else None
+        try:
+            via = self.via_for(scheme, host, port)
+        except UpstreamProxyFailed:
+            return defer.fail()
         if via is None:
             endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
             if tls is None:
@@ -309,6 +312,14 @@ class UpstreamPool:
         d = endpoint.connect(_OneShotFactory(key, tls, via))
         d.addErrback(via.name_in_failure)
         return d.addCallback(lambda protocol: protocol.ready)
+
+    def via_for(self, scheme: str, host: str, port: int) -> Via | None:
+        """The chained proxy for this target, or None for a direct connection.
+
+        ``via`` is a configured ``Via`` or any object with the same ``via_for``
+        (``upstream = system``: capture.envproxy).
+        """
+        return self.via.via_for(scheme, host, port) if self.via is not None else None
 
     def release(self, protocol: UpstreamProtocol) -> None:
         """Keep a connection for reuse, or close it if it cannot be reused."""
@@ -383,6 +394,14 @@ class Via:
 
     def used_for(self, host: str) -> bool:
         return not any(fnmatch.fnmatchcase(host, pattern) for pattern in self.direct)
+
+    def via_for(self, scheme: str, host: str, port: int) -> Via | None:
+        """This proxy, unless the host is one reached directly."""
+        return self if self.used_for(host) else None
+
+    def describe(self) -> dict[str, str]:
+        """For /api/status; credentials left out."""
+        return {"mode": "configured", "proxy": self.name}
 
     def connect_request(self, host: str, port: int) -> bytes:
         authority = (f"[{host}]" if ":" in host else host).encode("idna") + b":%d" % port

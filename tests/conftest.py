@@ -47,7 +47,7 @@ def child_env() -> dict[str, str]:
     """The environment for processes under test: this checkout's code first."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy", "no_proxy", "NO_PROXY"):
         env.pop(name, None)
     return env
 
@@ -103,6 +103,7 @@ class Appliance:
         )
         self.log_path = directory / "twistd.log"
         self.process: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}  # added to the environment twistd starts with
         self.proxy_port = self.admin_port = 0
         self._log_offset = 0
 
@@ -117,7 +118,7 @@ class Appliance:
                 cwd=self.directory,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=child_env(),
+                env={**child_env(), **self.env},
             )
         ports = wait_for(self._ports, timeout)
         self.proxy_port, self.admin_port = ports["proxy"], ports["admin"]
