@@ -23,13 +23,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from capture import http1, pages, tcp
+from capture.autopass import AutoPassthrough
 from capture.ca import CertificateAuthority
 from capture.config import Settings
 from capture.envproxy import chained_proxy
 from capture.rules import SessionRule, matching_sessions
 from capture.shipper import Shipper
 from capture.tls import UpstreamTLS
-from capture.tunnel import Sniffer, TunnelTarget, describe_client_tls_failure, host_matches, tunnel_flow
+from capture.tunnel import Sniffer, TunnelTarget, host_matches, tunnel_flow
 from capture.upstream import UpstreamPool, UpstreamProtocol, describe_connect_error
 
 REDACTED = b"[redacted]"
@@ -71,7 +72,7 @@ class ProxyFactory(Factory):
         self.clients: set[ProxyProtocol] = set()
         self.draining = False
         # (client address, host) pairs tunnelled untouched after the client rejected our certificate.
-        self.auto_passthrough: dict[tuple[str, str], float] = {}
+        self.auto_passthrough = AutoPassthrough(shipper, reactor, settings.tls.auto_passthrough)
         self._allowed: dict[str, bool] = {}
 
     def buildProtocol(self, addr: Any) -> ProxyProtocol:
@@ -111,7 +112,7 @@ class ProxyFactory(Factory):
         patterns = self.settings.tls.passthrough
         if patterns and (host_matches(name, patterns) or host_matches(host, patterns)):
             return True
-        return (client, name) in self.auto_passthrough
+        return self.auto_passthrough.passes(client, name)
 
     def record(self, candidates: tuple[SessionRule, ...], flow: tuple[Any, ...]) -> None:
         """Hand a finished flow to the shipper for every session that wants it.
@@ -132,14 +133,20 @@ class ProxyFactory(Factory):
 
     def tls_failed(self, proxy: ProxyProtocol, target: TunnelTarget, name: str, reason: Failure | None,
                    timed_out: bool = False) -> None:
-        """A client gave up on our certificate: record it, and pass the host through next time."""
-        if timed_out:
-            message = f"TLS handshake for {name} timed out: the client never finished it"
-        else:
-            message = describe_client_tls_failure(reason, name)
-        if self.settings.tls.auto_passthrough and not timed_out:
-            self.auto_passthrough[(proxy.client, name)] = self.reactor.seconds()
-            message += "; later connections from this client to this host are passed through"
+        """An intercepted handshake did not finish: record it; capture.autopass decides about passthrough."""
+        if timed_out:  # the client is still there, it just never finished: no reason to pass its host through
+            self._record_tls(proxy, target, f"TLS handshake for {name} timed out: the client never finished it")
+            return
+        self.auto_passthrough.handshake_failed(proxy.client, name, proxy.start, reason,
+                                               lambda message: self._record_tls(proxy, target, message))
+
+    def closed_before_request(self, proxy: ProxyProtocol, target: TunnelTarget, name: str) -> None:
+        """The client closed an intercepted connection without sending a request."""
+        self.auto_passthrough.closed_before_request(proxy.client, name, proxy.start,
+                                                    lambda message: self._record_tls(proxy, target, message))
+
+    def _record_tls(self, proxy: ProxyProtocol, target: TunnelTarget, message: str) -> None:
+        name = proxy.tls_name or target.host
         self.log.info("{client}: {message}", client=proxy.client, message=message)
         candidates = self.shipper.rules.for_client(proxy.client)
         if candidates:
@@ -238,6 +245,8 @@ class ProxyProtocol(Protocol):
         self._connect: bytes | None = None
         self._relay: Any = None  # after CONNECT: what the raw client bytes go to
         self._counted = False
+        self._requested = False  # a request has begun on this connection
+        self._handshake_done = False  # intercepted TLS with the client is up
         self._feeding = False
         self._lost = False
         self._close_timer: Any = None
@@ -337,6 +346,7 @@ class ProxyProtocol(Protocol):
                 first.start()
 
     def connectionLost(self, reason: Failure = None) -> None:
+        we_closed = self.closing  # an idle timeout, a refusal, a drain: not the client giving up
         self.closing = True
         self._lost = True
         if self._counted:
@@ -348,8 +358,11 @@ class ProxyProtocol(Protocol):
                 timer.cancel()
         if self._relay is not None:
             self._relay.connectionLost(reason)
-        elif self.tunnel is not None and self.tunnel.scheme == "https" and self.handshake_timer is not None:
-            self.factory.tls_failed(self, self.tunnel, self.tls_name or self.tunnel.host, reason)
+        elif self.tunnel is not None and self.tunnel.scheme == "https":
+            if self.handshake_timer is not None:
+                self.factory.tls_failed(self, self.tunnel, self.tls_name or self.tunnel.host, reason)
+            elif self._handshake_done and not self._requested and not we_closed:
+                self.factory.closed_before_request(self, self.tunnel, self.tls_name or self.tunnel.host)
         exchanges, self._exchanges = self._exchanges, deque()
         for exchange in exchanges:
             exchange.client_lost()
@@ -364,6 +377,7 @@ class ProxyProtocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         """TLS with an intercepted client is up (IHandshakeListener)."""
+        self._handshake_done = True
         if self.handshake_timer is not None:
             if self.handshake_timer.active():
                 self.handshake_timer.cancel()
@@ -426,6 +440,10 @@ class ProxyProtocol(Protocol):
     # -- llhttp callbacks ---------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if not self._requested:
+            self._requested = True
+            if self.tunnel is not None and self.tunnel.scheme == "https":
+                self.factory.auto_passthrough.request_seen(self.client, self.tls_name or self.tunnel.host)
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._url = []

@@ -60,6 +60,10 @@ class Shipper:
         self.instance = uuid.uuid4().hex
         self.queue = DeliveryQueue(self.instance, memory_limit, spill, spill_limit)
         self.rules = RuleSet()
+        # The appliance's auto-passthrough table as last pushed (capture.rejection): (client, host) -> since,
+        # and the pairs with connections closed before a request counted against them.
+        self.passthrough: dict[tuple[str, str], float] = {}
+        self.suspects: set[tuple[str, str]] = set()
         self.session_manager_pid: int | None = None
         self._protocol: ShipperProtocol | None = None
         self._flush_call: Any = None
@@ -227,6 +231,9 @@ class Shipper:
                 listener(str(message["event"]), message["data"])
         elif kind == "rules":
             self.rules = RuleSet.from_sessions(list(message["sessions"]))
+        elif kind == "passthrough":
+            self.passthrough = {(str(c), str(h)): float(since) for c, h, since in message["hosts"]}
+            self.suspects = {(str(c), str(h)) for c, h in message["suspects"]}
         elif kind == "welcome":
             self.session_manager_pid = int(message["pid"])
             self.queue.discard_stored(int(message["last_seq"]))
@@ -234,6 +241,9 @@ class Shipper:
             self._protocol.ready = True
             for session_id in self._listeners:
                 self._protocol.send(wire.encode("subscribe", session=session_id))
+            if self.passthrough:  # a restarted session manager learns again what was decided
+                hosts = [[c, h, since] for (c, h), since in self.passthrough.items()]
+                self.call("passthrough.seed", hosts=hosts).addErrback(lambda _: None)
             self._schedule_flush()
         else:
             raise wire.WireError(f"unknown message type {kind!r}")

@@ -275,7 +275,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             "upstream": proxy.pool.via.describe() if proxy.pool.via is not None else {"mode": "direct"},
             "auto_passthrough": [
                 {"client": client, "host": host, "since": iso_time(since)}
-                for (client, host), since in sorted(proxy.auto_passthrough.items())
+                for (client, host), since in sorted(proxy.auto_passthrough.entries().items())
             ],
         }
 

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from capture import tcp, tlshello
 from capture.flow import Flow, Message
-from capture.tls import ServerConnection, describe_tls_failure
+from capture.tls import ServerConnection
 from capture.tlsbulk import BulkTLSFactory
 from capture.upstream import UpstreamProxyFailed, Via, connect_reply_done, describe_connect_error
 
@@ -305,14 +305,3 @@ def tunnel_flow(proxy: ProxyProtocol, host: str, port: int, start: float, end: f
         end=end,
         error=error,
     )
-
-
-def describe_client_tls_failure(reason: Failure | None, name: str) -> str:
-    """Why a client gave up on our certificate, in words a tester can act on."""
-    detail = describe_tls_failure(reason) if reason is not None else ""
-    lowered = detail.lower()
-    if "unknown ca" in lowered or "bad certificate" in lowered or "certificate unknown" in lowered:
-        cause = "the client rejected the appliance's certificate: it does not trust the capture CA, or the app pins"
-    else:
-        cause = "the client ended the TLS handshake: it does not trust the capture CA, or the app pins"
-    return f"TLS handshake for {name} failed: {cause}" + (f" ({detail})" if detail else "")

@@ -17,6 +17,9 @@ Session manager -> proxy:
     welcome {pid, last_seq}              last_seq: highest stored seq for instance
     ack     {instance, seq}              every seq <= this one is stored
     rules   {sessions}                   the capturing sessions, pushed on change
+    passthrough {hosts, suspects}        the auto-passthrough table, pushed on change: hosts
+                                         [[client, host, since], ...], suspects [[client, host], ...]
+                                         (connections closed before a request counted against them)
     chunk   {id, data}                   part of a streamed answer (exports), before its reply
     reply   {id, result} | {id, error: {status, message}}
     event   {session, event, data}       live events (new flows, state changes)

@@ -103,14 +103,15 @@ def items(session_ids: list[int], seqs: range) -> list[list[Any]]:
 
 
 def test_hello_answers_welcome_then_rules(manager: SessionManager, store: Store) -> None:
-    """hello is answered by welcome (pid, last_seq 0) and then the capturing sessions as rules."""
+    """hello is answered by welcome (pid, last_seq 0), the capturing sessions as rules, then the passthrough table."""
     first = store.create_session("one", clients=["10.0.0.0/24"])
     paused = store.create_session("two")
     store.pause(paused["id"])
     peer = Peer(manager)
     assert peer.received() == []  # the proxy speaks first
-    welcome, rules = peer.hello()
+    welcome, rules, table = peer.hello()
     assert welcome == {"t": "welcome", "v": wire.VERSION, "pid": PID, "last_seq": 0}
+    assert table == {"t": "passthrough", "v": wire.VERSION, "hosts": [], "suspects": []}
     assert rules["t"] == "rules"
     assert [s["id"] for s in rules["sessions"]] == [first["id"]]
     assert rules["sessions"][0]["clients"] == ["10.0.0.0/24"]
@@ -378,7 +379,7 @@ def test_malformed_msgpack_aborts_and_manager_keeps_serving(manager: SessionMana
     bad.lose()
     assert bad.protocol not in manager.proxies
     good = Peer(manager)
-    welcome, rules = good.hello()
+    welcome, rules, _ = good.hello()
     assert welcome["t"] == "welcome"
     assert welcome["pid"] == PID
     assert len(rules["sessions"]) == 1
@@ -507,3 +508,41 @@ def test_live_flow_events_and_messages_call(manager: SessionManager, store: Stor
     assert reply["result"]["messages"] == [{"from_client": False, "type": "binary", "content": "/w==",
                                             "encoding": "base64", "size": 1, "truncated": False,
                                             "time": "2023-11-14T22:13:22.000Z"}]
+
+
+# -- the auto-passthrough table -----------------------------------------------------
+
+
+def test_passthrough_is_decided_once_for_every_proxy(manager: SessionManager) -> None:
+    """Closes reported by two proxies count together; the decision is pushed to both; forget clears it for both."""
+    one, two = Peer(manager), Peer(manager)
+    one.hello(instance="a" * 32)
+    two.hello(instance="b" * 32)
+    args = {"client": "10.0.0.7", "host": "api.example"}
+    assert one.call("passthrough.closed", start=0.0, end=1.0, **args)["result"] == {"passed": False, "count": 1}
+    [pushed] = [m for m in two.received() if m["t"] == "passthrough"]
+    assert pushed["suspects"] == [["10.0.0.7", "api.example"]] and pushed["hosts"] == []
+    assert two.call("passthrough.closed", start=2.0, end=3.0, **args)["result"] == {"passed": False, "count": 2}
+    assert one.call("passthrough.closed", start=4.0, end=5.0, **args)["result"] == {"passed": True, "count": 0}
+    last = [m for m in two.received() if m["t"] == "passthrough"][-1]
+    assert last["hosts"] == [["10.0.0.7", "api.example", 5.0]] and last["suspects"] == []
+    listed = two.call("passthrough.list")["result"]["passthrough"]
+    assert [(e["client"], e["host"]) for e in listed] == [("10.0.0.7", "api.example")]
+    assert two.call("passthrough.forget", host="api.example")["result"] == {"forgotten": 1}
+    assert [m for m in one.received() if m["t"] == "passthrough"][-1]["hosts"] == []
+
+
+def test_passthrough_request_resets_and_seed_restores(manager: SessionManager) -> None:
+    """A first request resets a count; a proxy reconnecting to a new session manager seeds back its hosts."""
+    peer = Peer(manager)
+    peer.hello()
+    args = {"client": "10.0.0.7", "host": "api.example"}
+    peer.call("passthrough.closed", start=0.0, end=1.0, **args)
+    peer.call("passthrough.closed", start=2.0, end=3.0, **args)
+    peer.call("passthrough.succeeded", **args)
+    assert peer.call("passthrough.closed", start=4.0, end=5.0, **args)["result"]["count"] == 1
+    peer.call("passthrough.seed", hosts=[["10.0.0.9", "pinned.example", 7.0]])
+    listed = peer.call("passthrough.list")["result"]["passthrough"]
+    assert [(e["client"], e["host"]) for e in listed] == [("10.0.0.9", "pinned.example")]
+    assert peer.call("passthrough.rejected", client="10.0.0.8", host="x", at=9.0)["result"] == {"passed": True}
+    assert len(peer.call("passthrough.list")["result"]["passthrough"]) == 2

@@ -572,3 +572,22 @@ def test_drained_queues_gathered_messages_first(shipper: Shipper, clock: MemoryR
     assert shipper.pending == 2
     shipper.drained(1.0)
     assert shipper.queue.pending == 2 and shipper.pending == 2
+
+
+# -- the auto-passthrough table ------------------------------------------------------
+
+
+def test_pushed_passthrough_table_replaces_and_is_seeded_back(shipper: Shipper, clock: MemoryReactorClock) -> None:
+    """A pushed table replaces the held one; after a reconnect the shipper hands it to the new session manager."""
+    conn = connect(shipper, clock)
+    conn.receive("passthrough", hosts=[["10.0.0.7", "pinned.example", 5.0]], suspects=[["10.0.0.8", "cut.example"]])
+    assert shipper.passthrough == {("10.0.0.7", "pinned.example"): 5.0}
+    assert shipper.suspects == {("10.0.0.8", "cut.example")}
+    conn.lose()
+    again = Connection(shipper)
+    again.sent()
+    again.welcome()
+    [seed] = [m for m in again.sent() if m["t"] == "call"]
+    assert (seed["method"], seed["args"]) == ("passthrough.seed", {"hosts": [["10.0.0.7", "pinned.example", 5.0]]})
+    again.receive("passthrough", hosts=[], suspects=[])
+    assert shipper.passthrough == {} and shipper.suspects == set()

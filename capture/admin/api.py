@@ -18,7 +18,6 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from capture.admin.events import EventStream
-from capture.flow import iso_time
 from capture.shipper import CallFailed, Shipper, Unavailable
 
 MAX_BODY = 64 * 1024
@@ -225,18 +224,13 @@ class AdminApi(resource.Resource):
 
 
     async def _list_passthrough(self, request: server.Request) -> tuple[int, Any]:
-        table = self._proxy.auto_passthrough
-        return 200, {"passthrough": [{"client": client, "host": host, "since": iso_time(since)}
-                                     for (client, host), since in sorted(table.items())]}
+        """The appliance's one auto-passthrough table, kept by the session manager for every worker."""
+        return 200, await self._shipper.call("passthrough.list")
 
     async def _reset_passthrough(self, request: server.Request) -> tuple[int, Any]:
         """Forget auto-passthrough hosts (all, or ?host= and/or ?client=) so they are intercepted again."""
         host, client = _str_arg(request, "host"), _str_arg(request, "client")
-        table = self._proxy.auto_passthrough
-        forgotten = [key for key in table if (not client or key[0] == client) and (not host or key[1] == host)]
-        for key in forgotten:
-            del table[key]
-        return 200, {"forgotten": len(forgotten)}
+        return 200, await self._shipper.call("passthrough.forget", client=client, host=host)
 
 
 def _json_body(request: server.Request) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from capture import filters, wire
 from capture.flow import Flow
 from capture.sessiond.exports import Exports
+from capture.sessiond.passthrough import Passthrough
 from capture.sessiond.store import Invalid, Store, StoreError
 
 # Calls that change which sessions capture, so the rules must be pushed again.
@@ -54,6 +55,8 @@ class SessionManager:
             "export.postman": exports.postman,
             "export.cookies": exports.cookies,
         }
+        self.passthrough = Passthrough(self.broadcast)
+        self._calls.update(self.passthrough.calls)
 
     def rules_message(self) -> bytes:
         return wire.encode("rules", sessions=self.store.capturing_sessions())
@@ -209,6 +212,7 @@ class SessionProtocol(Protocol):
             last = self.manager.store.last_seq(self._instance)
             self.transport.write(wire.encode("welcome", pid=self.manager.pid, last_seq=last))
             self.transport.write(self.manager.rules_message())
+            self.transport.write(self.manager.passthrough.message())
         else:
             raise wire.WireError(f"unknown message type {kind!r}")
 
