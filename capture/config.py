@@ -72,6 +72,7 @@ class StoreSettings:
 class AdminSettings:
     listen: str
     token_file: str
+    session_manager_wait: float
 
 
 @dataclass(frozen=True)
@@ -324,6 +325,7 @@ SCHEMA: dict[str, dict[str, tuple[Converter, str]]] = {
     "admin": {
         "listen": (_endpoint, "tcp:8081"),
         "token_file": (_path, "var/admin.token"),
+        "session_manager_wait": (_seconds, "5"),
     },
     "limits": {
         "max_request_line": (_integer(64, 1048576), "8192"),

@@ -40,6 +40,10 @@ class Unavailable(Exception):
     """The session manager is not connected, or did not answer in time."""
 
 
+class Interrupted(Unavailable):
+    """The connection to the session manager was lost while a call waited for its answer."""
+
+
 class CallFailed(Exception):
     """The session manager answered a call with an error."""
 
@@ -71,6 +75,7 @@ class Shipper:
         self._listeners: dict[int, set[Callable[[str, Any], None]]] = {}
         self._next_call = 1
         self._drained: list[defer.Deferred] = []
+        self._waiting: list[defer.Deferred] = []  # admin calls waiting for the session manager
         # What this process reports about itself, sent every STATS_INTERVAL (workers' status).
         self.stats: Callable[[], dict[str, Any]] = self.status
         self._stats_call: Any = None
@@ -147,6 +152,26 @@ class Shipper:
         self._protocol.send(wire.encode("call", id=call_id, method=method, args=args))
         return d
 
+    def wait_ready(self, timeout: float) -> defer.Deferred:
+        """Fires once the session manager is connected (at once if it is); Unavailable after ``timeout``.
+
+        For the admin API, so a call made while the session manager starts or
+        restarts waits for it; the proxy path never waits on this.
+        """
+        if self.connected:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred(lambda d: self._waiting.remove(d) if d in self._waiting else None)
+        self._waiting.append(d)
+
+        def expired() -> None:
+            if d in self._waiting:
+                self._waiting.remove(d)
+                d.errback(Unavailable(f"session manager is not connected (waited {timeout:g} s)"))
+
+        timer = self._reactor.callLater(timeout, expired)
+        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return d
+
     def subscribe(self, session_id: int, listener: Callable[[str, Any], None]) -> None:
         """Have ``listener(event, data)`` called for the session's live events."""
         listeners = self._listeners.setdefault(session_id, set())
@@ -213,7 +238,7 @@ class Shipper:
         calls, self._calls = self._calls, {}
         for d, timer, _ in calls.values():
             timer.cancel()
-            d.errback(Unavailable("session manager connection lost"))
+            d.errback(Interrupted("session manager connection lost"))
 
     def received(self, message: dict[str, Any]) -> None:
         """Handle one decoded message; raises wire.WireError for nonsense."""
@@ -241,6 +266,9 @@ class Shipper:
             self._protocol.ready = True
             for session_id in self._listeners:
                 self._protocol.send(wire.encode("subscribe", session=session_id))
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
             if self.passthrough:  # a restarted session manager learns again what was decided
                 hosts = [[c, h, since] for (c, h), since in self.passthrough.items()]
                 self.call("passthrough.seed", hosts=hosts).addErrback(lambda _: None)

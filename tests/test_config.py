@@ -57,7 +57,7 @@ def test_empty_gives_defaults(tmp_path, monkeypatch):
         database=str(tmp_path / "var" / "capture.sqlite"),
     )
     assert settings.admin == AdminSettings(
-        listen="tcp:8081", token_file=str(tmp_path / "var" / "admin.token")
+        listen="tcp:8081", token_file=str(tmp_path / "var" / "admin.token"), session_manager_wait=5.0
     )
     assert settings.source == "<string>"
 
@@ -182,7 +182,7 @@ token_file = /etc/capture/token
     assert settings.tls.upstream_ca == "/etc/ssl/bundle.pem"
     assert settings.tls.passthrough == ("*.bank.example", "bank.example")
     assert settings.store == StoreSettings("/run/s.sock", "/data/c.sqlite")
-    assert settings.admin == AdminSettings("tcp6:9000", "/etc/capture/token")
+    assert settings.admin == AdminSettings("tcp6:9000", "/etc/capture/token", 5.0)
 
 
 def test_relative_paths_become_absolute(tmp_path, monkeypatch):

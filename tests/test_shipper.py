@@ -408,13 +408,14 @@ def test_call_timeout_is_unavailable(shipper: Shipper, clock: MemoryReactorClock
 
 
 def test_call_fails_on_disconnect(shipper: Shipper, clock: MemoryReactorClock) -> None:
-    """Calls in flight fail with Unavailable when the connection is lost, and their timers stop."""
+    """Calls in flight fail with Interrupted (an Unavailable) when the connection is lost, and their timers stop."""
     conn = connect(shipper, clock)
     failures: list[Failure] = []
     shipper.call("status").addErrback(failures.append)
     shipper.call("sessions.list").addErrback(failures.append)
     conn.lose()
-    assert [f.type for f in failures] == [Unavailable, Unavailable]
+    assert [f.type for f in failures] == [shipper_module.Interrupted, shipper_module.Interrupted]
+    assert all(f.check(Unavailable) for f in failures)
     assert pending_timers(clock) == []
     clock.advance(CALL_TIMEOUT + 1)
     assert len(failures) == 2
@@ -591,3 +592,32 @@ def test_pushed_passthrough_table_replaces_and_is_seeded_back(shipper: Shipper, 
     assert (seed["method"], seed["args"]) == ("passthrough.seed", {"hosts": [["10.0.0.7", "pinned.example", 5.0]]})
     again.receive("passthrough", hosts=[], suspects=[])
     assert shipper.passthrough == {} and shipper.suspects == set()
+
+
+# -- waiting for the session manager -------------------------------------------------
+
+
+def test_wait_ready_fires_on_welcome(shipper: Shipper, clock: MemoryReactorClock) -> None:
+    """An admin call waiting for the session manager goes on as soon as it has welcomed us."""
+    fired: list[Any] = []
+    shipper.wait_ready(5.0).addCallback(fired.append)
+    conn = Connection(shipper)
+    clock.advance(1.0)
+    assert fired == []  # connected, but not yet welcomed
+    conn.welcome()
+    assert fired == [None]
+    assert shipper.wait_ready(5.0).called  # connected: at once
+
+
+def test_wait_ready_gives_up_after_its_bound(shipper: Shipper, clock: MemoryReactorClock) -> None:
+    """No session manager within the bound: Unavailable, saying how long it waited."""
+    failures: list[Any] = []
+    shipper.wait_ready(2.0).addErrback(failures.append)
+    clock.advance(1.9)
+    assert failures == []
+    clock.advance(0.2)
+    [failure] = failures
+    assert failure.check(Unavailable) and "waited 2 s" in str(failure.value)
+    Connection(shipper).welcome()  # a late welcome finds nobody waiting
+    assert len(failures) == 1
+

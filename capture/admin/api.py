@@ -18,11 +18,14 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from capture.admin.events import EventStream
-from capture.shipper import CallFailed, Shipper, Unavailable
+from capture.shipper import CallFailed, Interrupted, Shipper, Unavailable
 
 MAX_BODY = 64 * 1024
 STATUS_TIMEOUT = 2.0
 _SESSION_FIELDS = {"name", "clients", "filter", "capture_responses", "cookies"}
+# Calls that change nothing, so asking again after a lost connection cannot do anything twice.
+_READS = frozenset({"sessions.list", "sessions.get", "sessions.stats", "flows.list", "flows.get", "flows.curl",
+                    "flows.messages", "export.cookies", "passthrough.list"})
 
 
 class ApiError(Exception):
@@ -118,6 +121,24 @@ class AdminApi(resource.Resource):
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="capture"')
         self._respond(request, status, {"error": message})
 
+    async def _call(self, method: str, on_chunk: Callable[[bytes], None] | None = None, **args: Any) -> Any:
+        """A session-manager call that waits for it while it starts or restarts, up to
+        ``[admin] session_manager_wait`` seconds; Unavailable (a 503) only when it stays away.
+
+        A read whose connection was lost before the answer is asked again on the
+        next connection, within the same bound; a change is not, since the lost
+        session manager may have made it.
+        """
+        wait = self._proxy.settings.admin.session_manager_wait
+        deadline = self._reactor.seconds() + wait
+        while True:
+            await self._shipper.wait_ready(max(0.0, deadline - self._reactor.seconds()))
+            try:
+                return await self._shipper.call(method, on_chunk=on_chunk, **args)
+            except Interrupted:
+                if method not in _READS or self._reactor.seconds() >= deadline:
+                    raise
+
     # -- routes -------------------------------------------------------------------
 
     async def _get_status(self, request: server.Request) -> tuple[int, Any]:
@@ -135,7 +156,7 @@ class AdminApi(resource.Resource):
         return 200, status
 
     async def _list_sessions(self, request: server.Request) -> tuple[int, Any]:
-        return 200, await self._shipper.call("sessions.list")
+        return 200, await self._call("sessions.list")
 
     async def _create_session(self, request: server.Request) -> tuple[int, Any]:
         fields = _json_body(request)
@@ -143,17 +164,17 @@ class AdminApi(resource.Resource):
         if unknown:
             raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
         fields.setdefault("name", time.strftime("session %Y-%m-%d %H:%M:%S"))
-        return 201, await self._shipper.call("sessions.create", **fields)
+        return 201, await self._call("sessions.create", **fields)
 
     async def _get_session(self, request: server.Request, session_id: str) -> tuple[int, Any]:
-        return 200, await self._shipper.call("sessions.get", session_id=int(session_id))
+        return 200, await self._call("sessions.get", session_id=int(session_id))
 
     async def _delete_session(self, request: server.Request, session_id: str) -> tuple[int, Any]:
-        await self._shipper.call("sessions.delete", session_id=int(session_id))
+        await self._call("sessions.delete", session_id=int(session_id))
         return 204, None
 
     async def _change_session(self, request: server.Request, session_id: str, action: str) -> tuple[int, Any]:
-        return 200, await self._shipper.call(f"sessions.{action}", session_id=int(session_id))
+        return 200, await self._call(f"sessions.{action}", session_id=int(session_id))
 
     async def _list_flows(self, request: server.Request, session_id: str) -> tuple[int, Any]:
         args = {
@@ -164,10 +185,10 @@ class AdminApi(resource.Resource):
             "sort": _str_arg(request, "sort") or "time",
             "order": _str_arg(request, "order") or "asc",
         }
-        return 200, await self._shipper.call("flows.list", **args)
+        return 200, await self._call("flows.list", **args)
 
     async def _stats(self, request: server.Request, session_id: str) -> tuple[int, Any]:
-        return 200, await self._shipper.call("sessions.stats", session_id=int(session_id))
+        return 200, await self._call("sessions.stats", session_id=int(session_id))
 
     async def _export(self, request: server.Request, session_id: str, kind: str) -> None:
         """Stream an export as the session manager produces it, never holding all of it here."""
@@ -184,7 +205,7 @@ class AdminApi(resource.Resource):
                 request.write(data)
 
         try:
-            await self._shipper.call(f"export.{kind}", on_chunk=write, session_id=int(session_id),
+            await self._call(f"export.{kind}", on_chunk=write, session_id=int(session_id),
                                      filter=_str_arg(request, "filter"))
         except Exception:
             if not started:
@@ -199,38 +220,38 @@ class AdminApi(resource.Resource):
         form = _str_arg(request, "format") or "json"
         if form not in ("json", "netscape"):
             raise ApiError(400, "format must be json or netscape")
-        result = await self._shipper.call("export.cookies", session_id=int(session_id), format=form)
+        result = await self._call("export.cookies", session_id=int(session_id), format=form)
         if form == "netscape":
             return 200, result, b"text/plain; charset=utf-8"
         return 200, result
 
     async def _events(self, request: server.Request, session_id: str) -> None:
-        await self._shipper.call("sessions.get", session_id=int(session_id))  # 404 for an unknown session
+        await self._call("sessions.get", session_id=int(session_id))  # 404 for an unknown session
         EventStream(request, self._shipper, int(session_id), self._reactor)
         return None
 
     async def _curl(self, request: server.Request, flow_id: str) -> tuple[int, Any, bytes]:
-        command = await self._shipper.call("flows.curl", flow_id=int(flow_id))
+        command = await self._call("flows.curl", flow_id=int(flow_id))
         return 200, command + "\n", b"text/plain; charset=utf-8"
 
     async def _get_flow(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
-        return 200, await self._shipper.call("flows.get", flow_id=int(flow_id))
+        return 200, await self._call("flows.get", flow_id=int(flow_id))
 
     async def _messages(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
         """A WebSocket flow's messages, paged: ``{"messages": [...], "total": N}``, in the order they passed."""
-        return 200, await self._shipper.call("flows.messages", flow_id=int(flow_id),
+        return 200, await self._call("flows.messages", flow_id=int(flow_id),
                                              offset=_int_arg(request, "offset", 0),
                                              limit=_int_arg(request, "limit", 100))
 
 
     async def _list_passthrough(self, request: server.Request) -> tuple[int, Any]:
         """The appliance's one auto-passthrough table, kept by the session manager for every worker."""
-        return 200, await self._shipper.call("passthrough.list")
+        return 200, await self._call("passthrough.list")
 
     async def _reset_passthrough(self, request: server.Request) -> tuple[int, Any]:
         """Forget auto-passthrough hosts (all, or ?host= and/or ?client=) so they are intercepted again."""
         host, client = _str_arg(request, "host"), _str_arg(request, "client")
-        return 200, await self._shipper.call("passthrough.forget", client=client, host=host)
+        return 200, await self._call("passthrough.forget", client=client, host=host)
 
 
 def _json_body(request: server.Request) -> dict[str, Any]:
