@@ -231,6 +231,14 @@ def cmd_change(api: Api, args: argparse.Namespace) -> None:
     emit(args, session, lambda: [fmt.session_summary(session)])
 
 
+def cmd_ui(api: Api, args: argparse.Namespace) -> None:
+    """The web UI's sign-in link. The appliance names its lab address when the admin
+    listener is on every interface, so the link also opens on another computer."""
+    onboarding = api.call("GET", "/api/onboarding")
+    link = onboarding["onboarding_url"] + "ui/?" + urlencode({"token": api.token()})
+    emit(args, {"url": link}, lambda: [link])
+
+
 def cmd_flows(api: Api, args: argparse.Namespace) -> None:
     params = {"filter": args.filter, "limit": args.limit, "offset": args.offset, "sort": args.sort,
               "order": "desc" if args.desc else "asc"}
@@ -429,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=tuple(EXPORTS))
     export.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write ('-' for stdout)")
     export.add_argument("--filter", metavar="EXPR", help="only flows matching this (har and postman)")
+    command("ui", cmd_ui, "print a link that signs in to the web UI (it holds the token: keep it to yourself)")
     curl = command("curl", cmd_curl, "a curl command that replays a flow")
     curl.add_argument("flow_id", type=int, metavar="FLOW_ID")
     return parser

@@ -23,11 +23,18 @@ class Page(NamedTuple):
     filename: str | None = None
 
 
-def onboarding(path: str, ca: CertificateAuthority, proxy_host: str, proxy_port: int, magic_host: str) -> Page | None:
-    """The page for ``path`` (query ignored), or None if there is none."""
+def onboarding(path: str, ca: CertificateAuthority, proxy_host: str, proxy_port: int, magic_host: str,
+               web_ui: bool = False) -> Page | None:
+    """The page for ``path`` (query ignored), or None if there is none.
+
+    ``web_ui``: served by the admin listener, where the testers' web UI is, so the page links to it.
+    """
     path = path.split("?", 1)[0]
     if path in ("/", "/index.html"):
-        return Page(b"text/html; charset=utf-8", _index(ca, proxy_host, proxy_port, magic_host).encode("utf-8"))
+        page = _index(ca, proxy_host, proxy_port, magic_host)
+        if web_ui:
+            page = page.replace("</h1>\n", "</h1>\n" + _UI_LINK, 1)
+        return Page(b"text/html; charset=utf-8", page.encode("utf-8"))
     if path in ("/ca.pem", "/capture-ca.pem"):
         return Page(PEM_TYPE, ca.pem, "capture-ca.pem")
     if path in ("/ca.der", "/ca.crt", "/ca.cer", "/capture-ca.crt"):
@@ -65,6 +72,8 @@ def _index(ca: CertificateAuthority, proxy_host: str, proxy_port: int, magic_hos
         fingerprint=html.escape(ca.sha256),
     )
 
+
+_UI_LINK = '<p>Testers: <a href="/ui/">open the web UI</a> to watch, filter and export the captured traffic.</p>\n'
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

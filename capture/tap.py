@@ -279,7 +279,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             ],
         }
 
-    site = admin_site(shipper, token, status, proxy)
+    site = admin_site(shipper, token, status, proxy, settings.admin.listen)
     admin_listener = Listener("admin", settings.admin.listen, lambda: _listen_endpoint(reactor, settings.admin.listen, site))
     admin_listener.setServiceParent(top)
 

@@ -120,10 +120,11 @@ def test_bad_wire_frames_drop_that_connection_only(appliance, origin, name):
 
 def _routes(appliance) -> list[tuple[str, str]]:
     from capture.admin.api import AdminApi
+    from capture.admin.signin import SignIns
 
     routes = []
-    for method, pattern_, _ in AdminApi(None, "x", lambda: {}, type("P", (), {"reactor": None})())._routes:
-        path = pattern_.pattern.replace(r"(\d{1,15})", "1").replace("(pause|resume|stop|clear)", "pause")
+    for method, pattern_, _ in AdminApi(None, SignIns("x", time.time), lambda: {}, type("P", (), {"reactor": None})())._routes:
+        path = pattern_.pattern.replace(r"(\d{1,15})", "1").replace("\\.", ".").replace("(pause|resume|stop|clear)", "pause")
         path = path.replace("(har|postman)", "har")
         routes.append((method.decode(), path))
     return routes

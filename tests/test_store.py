@@ -214,6 +214,21 @@ def test_allowed_transitions(store, clock):
     assert store.get_session(sid) == stopped
 
 
+def test_rename_in_any_state(store, clock):
+    """Rename changes the name (trimmed) of a capturing or stopped session and nothing else; a bad name is Invalid."""
+    sid = store.create_session("old")["id"]
+    clock.now = T0 + 5
+    renamed = store.rename(sid, "  new name ")
+    assert renamed["name"] == "new name" and renamed["state"] == "capturing"
+    assert renamed["updated"] == iso_time(T0 + 5)
+    store.stop(sid)
+    assert store.rename(sid, "history")["name"] == "history"
+    with pytest.raises(Invalid):
+        store.rename(sid, "  ")
+    with pytest.raises(NotFound):
+        store.rename(sid + 99, "x")
+
+
 def test_stop_from_paused(store):
     """A paused session can be stopped."""
     sid = store.create_session("s")["id"]

@@ -1,4 +1,4 @@
-"""The admin listener: the JSON API under /api/ and the onboarding pages beside it."""
+"""The admin listener: the JSON API under /api/, the web UI under /ui/, the onboarding pages beside them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from twisted.web import resource, server
 
 from capture import pages
 from capture.admin.api import MAX_BODY, AdminApi
+from capture.admin.signin import SignIns
+from capture.admin.webui import WebUi
 from capture.proxy import ProxyFactory
 from capture.shipper import Shipper
 
@@ -25,7 +27,8 @@ class _Onboarding(resource.Resource):
         proxy = self._proxy
         host = request.getRequestHostname().decode("ascii", "replace")
         page = pages.onboarding(
-            request.path.decode("utf-8", "replace"), proxy.ca, host, proxy.proxy_port, proxy.settings.proxy.magic_host
+            request.path.decode("utf-8", "replace"), proxy.ca, host, proxy.proxy_port, proxy.settings.proxy.magic_host,
+            web_ui=True,
         )
         if page is None:
             request.setResponseCode(404)
@@ -66,17 +69,33 @@ class BoundedRequest(server.Request):
 
 
 class _Root(resource.Resource):
-    def __init__(self, api: AdminApi, onboarding: _Onboarding) -> None:
+    def __init__(self, api: AdminApi, ui: WebUi, onboarding: _Onboarding) -> None:
         super().__init__()
         self._api = api
+        self._ui = ui
         self._onboarding = onboarding
 
     def getChild(self, name: bytes, request: server.Request) -> resource.Resource:
+        if name == b"ui":
+            if request.path == b"/ui":
+                return resource.ForbiddenResource() if request.method != b"GET" else _ToUi()
+            return self._ui
         return self._api if name == b"api" else self._onboarding
 
 
-def admin_site(shipper: Shipper, token: str, status: Callable[[], dict[str, Any]], proxy: ProxyFactory) -> server.Site:
-    site = server.Site(_Root(AdminApi(shipper, token, status, proxy), _Onboarding(proxy)))
+class _ToUi(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.redirect(b"/ui/")
+        return b""
+
+
+def admin_site(shipper: Shipper, token: str, status: Callable[[], dict[str, Any]], proxy: ProxyFactory,
+               admin_endpoint: str = "") -> server.Site:
+    """The admin listener's site; ``admin_endpoint`` (its listen string) says whether links may name the lab address."""
+    sign_ins = SignIns(token, proxy.reactor.seconds)
+    site = server.Site(_Root(AdminApi(shipper, sign_ins, status, proxy, admin_endpoint), WebUi(sign_ins), _Onboarding(proxy)))
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     site.noisy = False

@@ -6,7 +6,7 @@ over the UNIX socket, so the session manager stays the one source of truth.
 
 from __future__ import annotations
 
-import hmac
+import io
 import json
 import re
 import time
@@ -17,7 +17,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+import segno
+
+from capture import labaddress
+from capture.admin import signin
 from capture.admin.events import EventStream
+from capture.admin.signin import SignIns
+from capture.admin.webui import cookie_allowed, secure_headers
 from capture.shipper import CallFailed, Interrupted, Shipper, Unavailable
 
 MAX_BODY = 64 * 1024
@@ -26,6 +32,7 @@ _SESSION_FIELDS = {"name", "clients", "filter", "capture_responses", "cookies"}
 # Calls that change nothing, so asking again after a lost connection cannot do anything twice.
 _READS = frozenset({"sessions.list", "sessions.get", "sessions.stats", "flows.list", "flows.get", "flows.curl",
                     "flows.messages", "export.cookies", "passthrough.list"})
+API_POLICY = b"default-src 'none'; frame-ancestors 'none'"  # JSON and downloads: nothing in them may run
 
 
 class ApiError(Exception):
@@ -41,13 +48,15 @@ class AdminApi(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, shipper: Shipper, token: str, status: Callable[[], Awaitable[dict[str, Any]]], proxy: Any) -> None:
+    def __init__(self, shipper: Shipper, sign_ins: SignIns, status: Callable[[], Awaitable[dict[str, Any]]], proxy: Any,
+                 admin_endpoint: str = "") -> None:
         super().__init__()
         self._shipper = shipper
         self._proxy = proxy
         self._reactor = proxy.reactor
-        self._token = token.encode("ascii")
+        self._sign_ins = sign_ins
         self._status = status
+        self._admin_endpoint = admin_endpoint
         S, F = r"/api/sessions/(\d{1,15})", r"/api/flows/(\d{1,15})"
         self._routes: list[tuple[bytes, re.Pattern[str], Callable[..., Any]]] = [
             (b"GET", re.compile(r"/api/status"), self._get_status),
@@ -55,6 +64,7 @@ class AdminApi(resource.Resource):
             (b"POST", re.compile(r"/api/sessions"), self._create_session),
             (b"GET", re.compile(S), self._get_session),
             (b"DELETE", re.compile(S), self._delete_session),
+            (b"PATCH", re.compile(S), self._rename_session),
             (b"POST", re.compile(S + r"/(pause|resume|stop|clear)"), self._change_session),
             (b"GET", re.compile(S + r"/flows"), self._list_flows),
             (b"GET", re.compile(S + r"/stats"), self._stats),
@@ -64,18 +74,20 @@ class AdminApi(resource.Resource):
             (b"GET", re.compile(F), self._get_flow),
             (b"GET", re.compile(F + r"/curl"), self._curl),
             (b"GET", re.compile(F + r"/messages"), self._messages),
+            (b"GET", re.compile(r"/api/onboarding"), self._onboarding),
+            (b"GET", re.compile(r"/api/onboarding/qr\.svg"), self._onboarding_qr),
             (b"GET", re.compile(r"/api/passthrough"), self._list_passthrough),
             (b"DELETE", re.compile(r"/api/passthrough"), self._reset_passthrough),
         ]
 
     def render(self, request: server.Request) -> Any:
+        secure_headers(request, API_POLICY)
         d = defer.maybeDeferred(self._dispatch, request)
         d.addCallbacks(lambda result: result and self._respond(request, *result), lambda f: self._failed(request, f))
         return server.NOT_DONE_YET
 
     def _dispatch(self, request: server.Request) -> Any:
-        if not self._authorised(request):
-            raise ApiError(401, "missing or wrong bearer token")
+        self._authorise(request)
         path = request.path.decode("utf-8", "replace").rstrip("/")
         allowed = []
         for method, pattern, handler in self._routes:
@@ -88,10 +100,18 @@ class AdminApi(resource.Resource):
             raise ApiError(405, f"method not allowed here; use {', '.join(allowed)}")
         raise ApiError(404, "no such route")
 
-    def _authorised(self, request: server.Request) -> bool:
-        header = request.getHeader(b"authorization") or b""
-        scheme, _, token = header.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token)
+    def _authorise(self, request: server.Request) -> None:
+        """The bearer token, or the web UI's cookie from the UI's own pages; ApiError otherwise."""
+        header = request.getHeader(b"authorization")
+        if header is not None:
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() == b"bearer" and self._sign_ins.token_matches(token.strip()):
+                return
+            raise ApiError(401, "missing or wrong bearer token")
+        if not self._sign_ins.valid(signin.cookie_value(request.getHeader(b"cookie"))):
+            raise ApiError(401, "missing or wrong bearer token")
+        if not cookie_allowed(request):
+            raise ApiError(403, "cross-origin request refused: the Origin is not this admin listener's")
 
     def _respond(self, request: server.Request, status: int, body: Any, content_type: bytes = b"application/json") -> None:
         if request._disconnected:
@@ -173,6 +193,12 @@ class AdminApi(resource.Resource):
         await self._call("sessions.delete", session_id=int(session_id))
         return 204, None
 
+    async def _rename_session(self, request: server.Request, session_id: str) -> tuple[int, Any]:
+        fields = _json_body(request)
+        if set(fields) != {"name"}:
+            raise ApiError(400, "send {\"name\": \"...\"}: only the name can be changed")
+        return 200, await self._call("sessions.rename", session_id=int(session_id), name=fields["name"])
+
     async def _change_session(self, request: server.Request, session_id: str, action: str) -> tuple[int, Any]:
         return 200, await self._call(f"sessions.{action}", session_id=int(session_id))
 
@@ -220,7 +246,10 @@ class AdminApi(resource.Resource):
         form = _str_arg(request, "format") or "json"
         if form not in ("json", "netscape"):
             raise ApiError(400, "format must be json or netscape")
-        result = await self._call("export.cookies", session_id=int(session_id), format=form)
+        result = await self._call("export.cookies", session_id=int(session_id), format=form,
+                                  filter=_str_arg(request, "filter"))
+        extension = "txt" if form == "netscape" else "json"
+        request.setHeader(b"Content-Disposition", f'attachment; filename="capture-session-{session_id}-cookies.{extension}"'.encode())
         if form == "netscape":
             return 200, result, b"text/plain; charset=utf-8"
         return 200, result
@@ -243,6 +272,28 @@ class AdminApi(resource.Resource):
                                              offset=_int_arg(request, "offset", 0),
                                              limit=_int_arg(request, "limit", 100))
 
+
+    def _onboarding_url(self, request: server.Request) -> tuple[str, str]:
+        """(host a device can reach, the onboarding page's URL on the admin listener)."""
+        asked = request.getRequestHostname().decode("ascii", "replace")
+        host = labaddress.reachable_host(asked, self._admin_endpoint)
+        shown = f"[{host}]" if ":" in host else host
+        port = request.getHost().port
+        return host, f"{'https' if request.isSecure() else 'http'}://{shown}:{port}/"
+
+    async def _onboarding(self, request: server.Request) -> tuple[int, Any]:
+        host, url = self._onboarding_url(request)
+        proxy_host = labaddress.reachable_host(host, self._proxy.settings.proxy.listen)
+        return 200, {"proxy_host": proxy_host, "proxy_port": self._proxy.proxy_port, "onboarding_url": url,
+                     "ca_sha256": self._proxy.ca.sha256, "ca_pem": "/ca.pem", "ca_der": "/ca.der",
+                     "pac": "/proxy.pac", "qr_svg": "/api/onboarding/qr.svg"}
+
+    async def _onboarding_qr(self, request: server.Request) -> tuple[int, Any, bytes]:
+        """The onboarding page's URL as a QR code, drawn here so the page needs no script library."""
+        _, url = self._onboarding_url(request)
+        out = io.BytesIO()
+        segno.make(url, error="m").save(out, kind="svg", scale=4, border=2, xmldecl=False)
+        return 200, out.getvalue().decode("ascii"), b"image/svg+xml"
 
     async def _list_passthrough(self, request: server.Request) -> tuple[int, Any]:
         """The appliance's one auto-passthrough table, kept by the session manager for every worker."""

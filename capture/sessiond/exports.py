@@ -37,12 +37,12 @@ class Exports:
         data = json.dumps(document, indent=1).encode("utf-8")
         return iter([data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""])
 
-    def cookies(self, session_id: int, format: str = "json") -> Any:
+    def cookies(self, session_id: int, format: str = "json", filter: str = "") -> Any:
         session = self.store.get_session(session_id)
         settings = session["cookies"]
         if not settings["enabled"]:
             raise Conflict(f"cookie capture is off for session {session_id}; create it with \"cookies\": {{\"enabled\": true}}")
-        jar = cookies.jar(self._flows(session_id, ""), settings["domains"])
+        jar = cookies.jar(self._flows(session_id, filter), settings["domains"])
         return cookies.netscape(jar) if format == "netscape" else {"cookies": jar}
 
     def curl(self, flow_id: int) -> str:

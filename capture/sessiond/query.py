@@ -43,6 +43,11 @@ SORTS = {
     "duration": "f.duration_ms",
     "size": "f.response_size",
     "request_size": "f.request_size",
+    "method": "f.method",
+    "host": "lower(f.host)",
+    "path": "f.path",
+    "client": "f.client",
+    "type": "lower(f.content_type)",
 }
 """Sort keys for listings, and the column each orders by (``sf`` is session_flows)."""
 

@@ -40,6 +40,7 @@ class SessionManager:
             "sessions.list": lambda: {"sessions": store.list_sessions()},
             "sessions.create": self._create,
             "sessions.get": store.get_session,
+            "sessions.rename": store.rename,
             "sessions.pause": store.pause,
             "sessions.resume": store.resume,
             "sessions.stop": store.stop,

@@ -89,6 +89,9 @@ class Store(Protocol):
     def capturing_sessions(self) -> list[dict[str, Any]]:
         """The sessions whose rules the proxy must apply."""
 
+    def rename(self, session_id: int, name: str) -> dict[str, Any]:
+        """Give a session, in any state, a new name; Invalid for a bad one."""
+
     def pause(self, session_id: int) -> dict[str, Any]:
         """capturing -> paused; Conflict from any other state."""
 

@@ -391,6 +391,13 @@ class SQLiteStore:
         )
         return [session_dict(row) for row in rows]
 
+    def rename(self, session_id: int, name: str) -> dict[str, Any]:
+        name = check_name(name)
+        with self._write() as db:
+            self._session_row(db, session_id)
+            db.execute("UPDATE sessions SET name = ?, updated = ? WHERE id = ?", (name, self._clock(), session_id))
+        return self.get_session(session_id)
+
     def pause(self, session_id: int) -> dict[str, Any]:
         return self._transition(session_id, ("capturing",), "paused", "pause")
 
