@@ -176,7 +176,8 @@ def test_order_by():
     assert order_by("duration", "asc").startswith("f.duration_ms ASC")
     assert order_by("size", "asc").startswith("f.response_size ASC")
     assert order_by("request_size", "asc").startswith("f.request_size ASC")
-    for sort, order in [("host", "asc"), ("time", "up"), ("TIME", "asc"), ("", "")]:
+    assert order_by("host", "asc").startswith("lower(f.host) ASC")
+    for sort, order in [("colour", "asc"), ("time", "up"), ("TIME", "asc"), ("", "")]:
         with pytest.raises(QueryError):
             order_by(sort, order)
 
@@ -373,7 +374,7 @@ def test_session_manager_passes_query_arguments(tmp_path):
         assert error is None
         assert result == dict(zip(("flows", "total"), store.list_flows(
             session_id, filter="~s", sort="status", order="desc", limit=5)))
-        _, error = manager.call("flows.list", {"session_id": session_id, "sort": "host"})
+        _, error = manager.call("flows.list", {"session_id": session_id, "sort": "colour"})
         assert error["status"] == 400
         _, error = manager.call("flows.list", {"session_id": session_id, "filter": "~m ("})
         assert error["status"] == 400 and "position" in error["message"]

@@ -22,12 +22,14 @@ import segno
 from capture import labaddress
 from capture.admin import signin
 from capture.admin.events import EventStream
+from capture.admin.replay import ReplayEntry, ReplayError, replay_request
 from capture.admin.signin import SignIns
 from capture.admin.webui import cookie_allowed, secure_headers
 from capture.shipper import CallFailed, Interrupted, Shipper, Unavailable
 
 MAX_BODY = 64 * 1024
 STATUS_TIMEOUT = 2.0
+REPLAY_FIND_SECONDS = 10.0  # a replayed flow reaches the store after the shipper's flush delay
 _SESSION_FIELDS = {"name", "clients", "filter", "capture_responses", "cookies"}
 # Calls that change nothing, so asking again after a lost connection cannot do anything twice.
 _READS = frozenset({"sessions.list", "sessions.get", "sessions.stats", "flows.list", "flows.get", "flows.curl",
@@ -57,6 +59,7 @@ class AdminApi(resource.Resource):
         self._sign_ins = sign_ins
         self._status = status
         self._admin_endpoint = admin_endpoint
+        self._replays: ReplayEntry | None = None
         S, F = r"/api/sessions/(\d{1,15})", r"/api/flows/(\d{1,15})"
         self._routes: list[tuple[bytes, re.Pattern[str], Callable[..., Any]]] = [
             (b"GET", re.compile(r"/api/status"), self._get_status),
@@ -73,6 +76,7 @@ class AdminApi(resource.Resource):
             (b"GET", re.compile(S + r"/events"), self._events),
             (b"GET", re.compile(F), self._get_flow),
             (b"GET", re.compile(F + r"/curl"), self._curl),
+            (b"POST", re.compile(F + r"/replay"), self._replay),
             (b"GET", re.compile(F + r"/messages"), self._messages),
             (b"GET", re.compile(r"/api/onboarding"), self._onboarding),
             (b"GET", re.compile(r"/api/onboarding/qr\.svg"), self._onboarding_qr),
@@ -263,6 +267,37 @@ class AdminApi(resource.Resource):
         command = await self._call("flows.curl", flow_id=int(flow_id))
         return 200, command + "\n", b"text/plain; charset=utf-8"
 
+    async def _replay(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
+        """Send the flow's request again (edited by the JSON body, if any); the new flow once it is stored."""
+        overrides = _json_body(request)
+        original = await self._shipper.call("flows.get", flow_id=int(flow_id))
+        if not original["session_ids"]:
+            raise ApiError(409, f"flow {flow_id} is in no session any more, so a replay would be recorded nowhere")
+        try:
+            outgoing = replay_request(original, overrides)
+        except ReplayError as e:
+            raise ApiError(400, str(e)) from None
+        if self._replays is None:
+            self._replays = ReplayEntry(self._proxy, self._reactor, self._proxy.ca.pem)
+        try:
+            source_port = await self._replays.send(outgoing, original["client"])
+        except (ReplayError, defer.TimeoutError) as e:
+            raise ApiError(502, f"replay failed: {e or 'no answer in time'}") from None
+        expression = f'~src "^{re.escape(original["client"])}:{source_port}$"'
+        deadline = self._reactor.seconds() + REPLAY_FIND_SECONDS
+        while True:
+            for session_id in original["session_ids"]:
+                try:
+                    found = await self._shipper.call("flows.list", session_id=session_id, filter=expression, limit=1)
+                except CallFailed:  # that session was deleted meanwhile
+                    continue
+                if found["flows"]:
+                    return 200, await self._shipper.call("flows.get", flow_id=found["flows"][0]["id"])
+            if self._reactor.seconds() > deadline:
+                raise ApiError(504, "the request was replayed, but none of the original's sessions recorded it"
+                                    " (stopped, paused, or its filter does not match the edited request)")
+            await _sleep(self._reactor, 0.1)
+
     async def _get_flow(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
         return 200, await self._call("flows.get", flow_id=int(flow_id))
 
@@ -303,6 +338,12 @@ class AdminApi(resource.Resource):
         """Forget auto-passthrough hosts (all, or ?host= and/or ?client=) so they are intercepted again."""
         host, client = _str_arg(request, "host"), _str_arg(request, "client")
         return 200, await self._call("passthrough.forget", client=client, host=host)
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
 
 
 def _json_body(request: server.Request) -> dict[str, Any]:
