@@ -20,9 +20,14 @@ const FILTER_HELP = [
   ["word", "a bare word matches the URL; regexes are case-insensitive"],
 ];
 
+/** ``~c`` takes one code (as in mitmproxy): a class is the hundred codes in it, which the store still answers from SQL. */
+function statusClass(digit) {
+  return "(" + Array.from({length: 100}, (_, i) => `~c ${digit * 100 + i}`).join(" | ") + ")";
+}
+
 const CHIPS = [
   ["GET", "~m ^GET$"], ["POST", "~m ^POST$"], ["PUT", "~m ^PUT$"], ["DELETE", "~m ^DELETE$"],
-  ["2xx", "~c ^2"], ["3xx", "~c ^3"], ["4xx", "~c ^4"], ["5xx", "~c ^5"], ["Errors", "~e"],
+  ["2xx", statusClass(2)], ["3xx", statusClass(3)], ["4xx", statusClass(4)], ["5xx", statusClass(5)], ["Errors", "~e"],
   ["JSON", "~t json"], ["HTML", "~t html"], ["Images", "~t image"],
 ];
 
