@@ -270,7 +270,7 @@ class AdminApi(resource.Resource):
     async def _replay(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
         """Send the flow's request again (edited by the JSON body, if any); the new flow once it is stored."""
         overrides = _json_body(request)
-        original = await self._shipper.call("flows.get", flow_id=int(flow_id))
+        original = await self._call("flows.get", flow_id=int(flow_id))
         if not original["session_ids"]:
             raise ApiError(409, f"flow {flow_id} is in no session any more, so a replay would be recorded nowhere")
         try:
@@ -288,11 +288,11 @@ class AdminApi(resource.Resource):
         while True:
             for session_id in original["session_ids"]:
                 try:
-                    found = await self._shipper.call("flows.list", session_id=session_id, filter=expression, limit=1)
+                    found = await self._call("flows.list", session_id=session_id, filter=expression, limit=1)
                 except CallFailed:  # that session was deleted meanwhile
                     continue
                 if found["flows"]:
-                    return 200, await self._shipper.call("flows.get", flow_id=found["flows"][0]["id"])
+                    return 200, await self._call("flows.get", flow_id=found["flows"][0]["id"])
             if self._reactor.seconds() > deadline:
                 raise ApiError(504, "the request was replayed, but none of the original's sessions recorded it"
                                     " (stopped, paused, or its filter does not match the edited request)")

@@ -120,7 +120,7 @@ function facts(flow) {
   for (const [key, value] of Object.entries(flow.tls || {})) {
     rows.push([`TLS ${key.replaceAll("_", " ")}`, Array.isArray(value) ? value.join(", ") : String(value ?? "")]);
   }
-  return h("details.facts", {open: true}, h("summary", {}, "Connection"), pairsTable(rows.filter(([, v]) => v !== ""), "Connection and TLS"));
+  return h("details.facts", {}, h("summary", {}, "Connection and TLS"), pairsTable(rows.filter(([, v]) => v !== ""), "Connection and TLS"));
 }
 
 function timings(flow) {
