@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from capture.rejection import CLOSES_IN_A_ROW, client_alert
 from capture.shipper import Shipper
-from capture.tls import describe_tls_failure
+from capture.tls.verify import describe_tls_failure
 
 REPORT_TIMEOUT = 2.0  # a flow waits at most this long for the count before it is recorded without it
 PASSED = "; later connections from this client to this host are passed through"

@@ -26,7 +26,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from capture.config import ProxySettings, SystemProxy
-from capture.upstream import UpstreamProxyFailed, Via
+from capture.upstream.errors import UpstreamProxyFailed
+from capture.upstream.via import Via
 
 DEFAULT_PROXY_PORT = 1080  # curl's default for a proxy named without a port
 

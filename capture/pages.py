@@ -10,8 +10,9 @@ from __future__ import annotations
 import html
 from typing import NamedTuple
 
-from capture import __version__, http1
-from capture.ca import CertificateAuthority
+from capture import __version__
+from capture.http import http1
+from capture.tls.ca import CertificateAuthority
 
 PEM_TYPE = b"application/x-pem-file"
 DER_TYPE = b"application/x-x509-ca-cert"  # what iOS and Android offer to install
@@ -49,10 +50,10 @@ def onboarding(path: str, ca: CertificateAuthority, proxy_host: str, proxy_port:
     return None
 
 
-def as_response(page: Page | None, head: bool = False) -> bytes:
-    """A whole HTTP response for the proxy to write (a 404 for no page; no body for HEAD)."""
+def page_response(page: Page | None) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes]:
+    """(status, reason, headers, body) for the proxy to send (a 404 for no page)."""
     if page is None:
-        return http1.error_response(404, "no such page on the capture appliance", close=False, head=head)
+        return http1.error_parts(404, "no such page on the capture appliance")
     headers = [
         (b"Content-Type", page.content_type),
         (b"Content-Length", b"%d" % len(page.body)),
@@ -60,7 +61,7 @@ def as_response(page: Page | None, head: bool = False) -> bytes:
     ]
     if page.filename:
         headers.append((b"Content-Disposition", b'inline; filename="%s"' % page.filename.encode("ascii")))
-    return http1.response_head(b"1.1", 200, b"OK", headers) + (b"" if head else page.body)
+    return 200, b"OK", headers, page.body
 
 
 def _index(ca: CertificateAuthority, proxy_host: str, proxy_port: int, magic_host: str) -> str:

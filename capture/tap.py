@@ -31,11 +31,11 @@ from twisted.runner.procmon import ProcessMonitor
 
 from capture import __version__, config
 from capture.admin import admin_site
-from capture.ca import CAError, CertificateAuthority
+from capture.tls.ca import CAError, CertificateAuthority
 from capture.delivery import SpillFile
 from capture.flow import iso_time
 from capture import reuseport
-from capture.proxy import ProxyFactory
+from capture.proxy.factory import ProxyFactory
 from capture.shipper import Shipper, ShipperFactory
 
 log = Logger()
@@ -272,7 +272,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             "client_connections": sum(p["client_connections"] for p in processes),
             "connections_over_limit": sum(p["connections_over_limit"] for p in processes),
             "ca_sha256": ca.sha256,
-            "upstream": proxy.pool.via.describe() if proxy.pool.via is not None else {"mode": "direct"},
+            "upstream": proxy.connector.via.describe() if proxy.connector.via is not None else {"mode": "direct"},
             "auto_passthrough": [
                 {"client": client, "host": host, "since": iso_time(since)}
                 for (client, host), since in sorted(proxy.auto_passthrough.entries().items())

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
-from capture.ca import CAError, CertificateAuthority
+from capture.tls.ca import CAError, CertificateAuthority
 
 NOW = 1_800_000_000.0  # a fixed clock for validity checks
 

@@ -6,7 +6,8 @@ import pytest
 
 from capture.config import SystemProxy, parse
 from capture.envproxy import EnvironmentProxies, chained_proxy
-from capture.upstream import UpstreamProxyFailed, Via
+from capture.upstream.errors import UpstreamProxyFailed
+from capture.upstream.via import Via
 
 
 def route(environ: dict[str, str], scheme: str = "http", host: str = "example.com", port: int = 80,

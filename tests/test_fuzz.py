@@ -28,14 +28,15 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from capture import config, filters, wire
-from capture.proxy import ProxyFactory, ProxyProtocol
+from capture.layers.http1_server import Http1Server
+from capture.proxy.connection import ClientConnection
+from capture.proxy.factory import ProxyFactory
 from capture.rules import RuleSet
 from capture.shipper import Shipper
-from capture.upstream import UpstreamProtocol
 from conftest import REPO
 from test_filters import SAMPLES
 from test_hostile_http import Reader
-from test_proxy import FakePool, Transport, queued
+from test_proxy import FakePool, Transport, origin_client, queued
 
 EXAMPLES = int(os.environ.get("CAPTURE_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -62,16 +63,13 @@ class LenientTransport(Transport):
 
 
 class Pool(FakePool):
-    """FakePool on tolerant transports, with what raw tunnels look up on a real pool."""
-
-    via = None
-    connect_timeout = 10.0
+    """FakePool on tolerant transports."""
 
     def acquire(self, scheme: str, host: str, port: int, server_name: str | None = None) -> Any:
-        protocol = UpstreamProtocol((scheme, host, port))
-        protocol.makeConnection(LenientTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", port)))
-        self.connections.append(protocol)
-        return succeed(protocol)
+        client = origin_client(scheme, host, port, LenientTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", port)),
+                               self.limits)
+        self.connections.append(client)
+        return succeed(client)
 
 
 class Rig:
@@ -81,11 +79,11 @@ class Rig:
         self.clock = MemoryReactorClock()
         self.shipper = Shipper(self.clock)
         self.shipper.rules = RuleSet.from_sessions(SESSIONS)
-        self.pool = Pool()
+        self.pool = Pool(config.parse(INI).limits)
         self.factory = ProxyFactory(config.parse(INI), self.shipper, self.clock, pool=self.pool)
         self._port = 50000
 
-    def client(self) -> tuple[ProxyProtocol, LenientTransport]:
+    def client(self) -> tuple[ClientConnection, LenientTransport]:
         self._port += 1
         protocol = self.factory.buildProtocol(None)
         transport = LenientTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", self._port))
@@ -98,7 +96,7 @@ class Rig:
         while i < len(self.pool.connections) and i < limit:
             upstream = self.pool.connections[i]
             if upstream.exchange is not None and not upstream.transport.disconnecting:
-                upstream.dataReceived(response)
+                upstream.link.dataReceived(response)
             i += 1
 
     def settle(self) -> None:
@@ -114,7 +112,7 @@ class Rig:
         assert len(self.pool.connections) == before + 1, "the valid request never reached the pool"
         upstream = self.pool.connections[-1]
         assert upstream.transport.value() == b"GET /after HTTP/1.1\r\nHost: example.test\r\n\r\n"
-        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter")
+        upstream.link.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter")
         assert transport.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter"
         assert not transport.disconnecting
         assert queued(self.shipper)[-1].path == "/after"
@@ -279,8 +277,8 @@ def test_fuzzed_requests_never_escape_and_leave_the_factory_serving(chunks: list
         # Inside a tunnel the bytes are no longer HTTP; the checker cannot tell which answers are to
         # HEADs (a head without its body is right for those); an aborted connection loses what was not
         # sent yet, so the client sees a reset whatever the transport holds.
-        if proxy._relay is None and b"HEAD" not in b"".join(chunks) and not aborted(transport):
-            assert_well_framed(transport.value(), transport.disconnecting, not proxy._exchanges)
+        if isinstance(proxy.layer, Http1Server) and b"HEAD" not in b"".join(chunks) and not aborted(transport):
+            assert_well_framed(transport.value(), transport.disconnecting, not proxy.layer.busy)
         proxy.connectionLost(Failure(close()))
         rig.settle()
         assert rig.factory.connections == 0 and not rig.factory.clients
@@ -314,18 +312,18 @@ def test_fuzzed_responses_never_escape_or_desynchronise(request: tuple[bytes, bo
         for chunk in chunks:
             if upstream.transport.disconnecting:
                 break
-            upstream.dataReceived(chunk)
+            upstream.link.dataReceived(chunk)
         if end and not upstream.transport.disconnecting:
-            upstream.connectionLost(Failure(ConnectionDone()))
+            upstream.link.connectionLost(Failure(ConnectionDone()))
         event(f"client got {outcome(transport.value())}")
         if not aborted(transport):
-            assert_well_framed(transport.value(), transport.disconnecting, not proxy._exchanges, head_request)
-        if not transport.disconnecting and not proxy._exchanges:
+            assert_well_framed(transport.value(), transport.disconnecting, not proxy.layer.busy, head_request)
+        if not transport.disconnecting and not proxy.layer.busy:
             # The exchange ended with the connection kept: the same connection serves the next request.
             before = len(rig.pool.connections)
             proxy.dataReceived(b"GET http://h/next HTTP/1.1\r\nHost: h\r\n\r\n")
             assert len(rig.pool.connections) == before + 1
-            rig.pool.connections[-1].dataReceived(OK_RESPONSE)
+            rig.pool.connections[-1].link.dataReceived(OK_RESPONSE)
             assert transport.value().endswith(OK_RESPONSE)
         proxy.connectionLost(Failure(ConnectionDone()))
         rig.settle()
@@ -338,7 +336,7 @@ def test_unsolicited_101_is_contained() -> None:
     rig = Rig()
     proxy, transport = rig.client()
     proxy.dataReceived(b"GET http://h/r HTTP/1.1\r\nHost: h\r\n\r\n")
-    rig.pool.connections[0].dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+    rig.pool.connections[0].link.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
                                          b"Upgrade: websocket\r\n\r\nraw")
     assert transport.value().startswith(b"HTTP/1.1 502 ")
 
@@ -348,7 +346,7 @@ def test_stray_interim_after_a_response_is_not_relayed() -> None:
     rig = Rig()
     proxy, transport = rig.client()
     proxy.dataReceived(b"GET http://h/r HTTP/1.1\r\nHost: h\r\n\r\n")
-    rig.pool.connections[0].dataReceived(OK_RESPONSE + b"HTTP/1.1 100 Continue\r\n\r\n")
+    rig.pool.connections[0].link.dataReceived(OK_RESPONSE + b"HTTP/1.1 100 Continue\r\n\r\n")
     assert transport.value() == OK_RESPONSE
 
 
@@ -357,7 +355,7 @@ def test_local_answer_to_a_pipelined_head_has_no_body() -> None:
     rig = Rig()
     proxy, transport = rig.client()
     proxy.dataReceived(b"GET http://h/1 HTTP/1.1\r\nHost: h\r\n\r\nHEAD /local HTTP/1.1\r\nHost: h\r\n\r\n")
-    rig.pool.connections[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+    rig.pool.connections[0].link.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
     first, _, second = transport.value().partition(b"\r\n\r\nx")
     assert second.startswith(b"HTTP/1.1 400 ")
     if not transport.disconnecting:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from capture.http1 import (
+from capture.http.http1 import (
     BadResponse,
     BadRequest,
     Target,

@@ -8,10 +8,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from capture import config
 from capture.flow import Flow
-from capture.proxy import ProxyFactory
+from capture.proxy.factory import ProxyFactory
+from capture.upstream.connector import OriginLink
+from capture.upstream.http1_client import Http1Client
 from capture.rules import RuleSet
 from capture.shipper import Shipper
-from capture.upstream import UpstreamProtocol
 
 
 class Transport(StringTransport):
@@ -25,21 +26,29 @@ class Transport(StringTransport):
         self.loseConnection()
 
 
-class FakePool:
-    """Hands out upstream protocols on in-memory transports and records releases."""
+def origin_client(scheme: str, host: str, port: int, transport: StringTransport, limits) -> Http1Client:
+    """An HTTP/1.1 client on an origin link over ``transport``, as the pool hands them out."""
+    link = OriginLink(host, port)
+    link.makeConnection(transport)
+    return Http1Client(link, (scheme, host, port), limits)
 
-    def __init__(self) -> None:
-        self.connections: list[UpstreamProtocol] = []
-        self.released: list[UpstreamProtocol] = []
+
+class FakePool:
+    """Hands out HTTP/1.1 origin clients on in-memory transports and records releases."""
+
+    def __init__(self, limits=config.parse("").limits) -> None:
+        self.limits = limits
+        self.connections: list[Http1Client] = []
+        self.released: list[Http1Client] = []
 
     def acquire(self, scheme: str, host: str, port: int, server_name=None):
-        protocol = UpstreamProtocol((scheme, host, port))
-        protocol.makeConnection(Transport(peerAddress=IPv4Address("TCP", "192.0.2.7", port)))
-        self.connections.append(protocol)
-        return succeed(protocol)
+        client = origin_client(scheme, host, port, Transport(peerAddress=IPv4Address("TCP", "192.0.2.7", port)),
+                               self.limits)
+        self.connections.append(client)
+        return succeed(client)
 
-    def release(self, protocol: UpstreamProtocol) -> None:
-        self.released.append(protocol)
+    def release(self, client: Http1Client) -> None:
+        self.released.append(client)
 
 
 def make_proxy(ini: str = "", sessions=({"id": 1, "clients": [], "filter": "", "capture_responses": True},)):
@@ -59,7 +68,7 @@ def queued(shipper: Shipper):
 
 
 def upstream_reply(pool: FakePool, data: bytes, index: int = -1) -> None:
-    pool.connections[index].dataReceived(data)
+    pool.connections[index].link.dataReceived(data)
 
 
 def test_get_is_forwarded_in_origin_form_and_answered():
@@ -130,8 +139,8 @@ def test_close_delimited_response_ends_with_the_connection():
     proxy, client, pool, shipper, _ = make_proxy()
     proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
     upstream = pool.connections[0]
-    upstream.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nsome bytes")
-    upstream.connectionLost(None)
+    upstream.link.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nsome bytes")
+    upstream.link.connectionLost(None)
     assert client.value() == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nsome bytes"
     assert client.disconnecting
     [flow] = queued(shipper)
@@ -151,7 +160,7 @@ def test_origin_closing_before_answer_is_502_and_recorded():
     """An origin that closes without answering gives a 502 and a flow with the error."""
     proxy, client, pool, shipper, _ = make_proxy()
     proxy.dataReceived(b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n")
-    pool.connections[0].connectionLost(None)
+    pool.connections[0].link.connectionLost(None)
     assert client.value().startswith(b"HTTP/1.1 502 Bad Gateway")
     assert b"origin closed the connection without a response" in client.value()
     [flow] = queued(shipper)
@@ -301,7 +310,7 @@ def test_idle_client_connection_is_closed_after_the_timeout():
 def test_loop_into_own_port_is_refused():
     """A target on the appliance's own port on a local address is refused with 403."""
     proxy, client, pool, _, _ = make_proxy()
-    proxy.factory.own_ports.add(8081)
+    proxy.services.own_ports.add(8081)
     proxy.dataReceived(b"GET http://localhost:8081/api/status HTTP/1.1\r\nHost: h\r\n\r\n")
     assert client.value().startswith(b"HTTP/1.1 403") and not pool.connections
 
@@ -377,15 +386,15 @@ def test_stalled_body_is_closed_and_recorded():
 def test_connections_past_the_limit_are_closed_at_once():
     """With max_connections open, the next connection is closed at once and counted."""
     first, client1, _, _, _ = make_proxy("[limits]\nmax_connections = 1\n")
-    second = first.factory.buildProtocol(None)
+    second = first.services.buildProtocol(None)
     transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50001))
     second.makeConnection(transport)
-    assert transport.aborted and first.factory.over_limit == 1
+    assert transport.aborted and first.services.over_limit == 1
     first.connectionLost(None)
-    third = first.factory.buildProtocol(None)
+    third = first.services.buildProtocol(None)
     transport3 = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50002))
     third.makeConnection(transport3)
-    assert not getattr(transport3, "aborted", False) and first.factory.connections == 1
+    assert not getattr(transport3, "aborted", False) and first.services.connections == 1
 
 
 def test_redacted_headers_are_masked_in_the_record_only():
@@ -403,7 +412,7 @@ def test_redacted_headers_are_masked_in_the_record_only():
 def test_magic_host_page_keeps_the_connection_alive():
     """The appliance's own page is answered after the whole request, and keep-alive holds."""
     proxy, client, pool, _, _ = make_proxy()
-    proxy.factory.ca = type("CA", (), {"sha256": "AB:CD", "pem": b"PEM", "der": b"DER"})()
+    proxy.services.ca = type("CA", (), {"sha256": "AB:CD", "pem": b"PEM", "der": b"DER"})()
     proxy.dataReceived(b"GET http://capture.proxy/ca.pem HTTP/1.1\r\nHost: capture.proxy\r\n\r\n")
     proxy.dataReceived(b"GET http://capture.proxy/ca.der HTTP/1.1\r\nHost: capture.proxy\r\n\r\n")
     assert client.value().count(b"HTTP/1.1 200 OK") == 2

@@ -10,7 +10,7 @@ from twisted.internet.tcp import Connection
 from twisted.internet.testing import MemoryReactor
 
 from capture import tcp
-from capture.tlsbulk import BulkTLSFactory
+from capture.tls.bulk import BulkTLSFactory
 from certs import UnverifiedClient
 
 

@@ -16,8 +16,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.test.iosim import connectedServerAndClient
 
-from capture.tls import ServerConnection
-from capture.tlsbulk import MAX_DELIVERY, BulkTLSFactory
+from capture.tls.verify import ServerConnection
+from capture.tls.bulk import MAX_DELIVERY, BulkTLSFactory
 from certs import OriginCA, UnverifiedClient
 
 RECORD = 16 * 1024

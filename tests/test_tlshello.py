@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture.tlshello import MAX_HELLO, NEED_MORE, ClientHello, classify, parse_client_hello
+from capture.tls.hello import MAX_HELLO, NEED_MORE, ClientHello, classify, parse_client_hello
 
 
 def real_client_hello(server_hostname: str | None = "example.test", alpn: list[str] | None = None) -> bytes:

@@ -10,7 +10,7 @@ from capture import pages
 from capture.admin.api import MAX_BODY, AdminApi
 from capture.admin.signin import SignIns
 from capture.admin.webui import WebUi
-from capture.proxy import ProxyFactory
+from capture.proxy.factory import ProxyFactory
 from capture.shipper import Shipper
 
 

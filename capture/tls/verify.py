@@ -37,14 +37,15 @@ class VerificationFailed(Exception):
 class ClientConnection:
     """One client connection: SNI, ALPN and a per-connection verify callback."""
 
-    def __init__(self, upstream: UpstreamTLS, server_name: str) -> None:
+    def __init__(self, upstream: UpstreamTLS, server_name: str, alpn: tuple[bytes, ...] = (b"http/1.1",)) -> None:
         self.upstream = upstream
         self.server_name = server_name
+        self.alpn = alpn
         self.errors: list[int] = []
         self.ssl: SSL.Connection | None = None
 
     def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
-        connection = self.ssl = SSL.Connection(self.upstream.context, None)
+        connection = self.ssl = SSL.Connection(self.upstream.context_for(self.alpn), None)
         if not _is_ip(self.server_name):
             connection.set_tlsext_host_name(self.server_name.encode("idna"))
         if self.upstream.verify:
@@ -78,22 +79,31 @@ class ClientConnection:
 
 
 class UpstreamTLS:
-    """The client Context for origins, built once and shared by every connection."""
+    """The client Contexts for origins: one per list of ALPN protocols offered, each built once and shared."""
 
     def __init__(self, verify: bool = True, ca_bundle: str = "") -> None:
         self.verify = verify
-        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        context.set_alpn_protos([b"http/1.1"])
-        if verify:
-            if ca_bundle:
-                context.load_verify_locations(ca_bundle)
-            else:
-                context.set_default_verify_paths()
-        self.context = context
+        self.ca_bundle = ca_bundle
+        self._contexts: dict[tuple[bytes, ...], SSL.Context] = {}
+        self.context_for((b"http/1.1",))  # a bad CA bundle shows at start, not on the first request
 
-    def connection(self, server_name: str) -> ClientConnection:
-        return ClientConnection(self, server_name)
+    def context_for(self, alpn: tuple[bytes, ...]) -> SSL.Context:
+        context = self._contexts.get(alpn)
+        if context is None:
+            # Built whole before first use: pyOpenSSL refuses changes to a Context once used.
+            context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+            context.set_min_proto_version(SSL.TLS1_2_VERSION)
+            context.set_alpn_protos(list(alpn))
+            if self.verify:
+                if self.ca_bundle:
+                    context.load_verify_locations(self.ca_bundle)
+                else:
+                    context.set_default_verify_paths()
+            self._contexts[alpn] = context
+        return context
+
+    def connection(self, server_name: str, alpn: tuple[bytes, ...] = (b"http/1.1",)) -> ClientConnection:
+        return ClientConnection(self, server_name, alpn)
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -192,6 +192,14 @@ def with_host(headers: Headers, authority: bytes) -> Headers:
     return out
 
 
+def host_header(headers: Headers) -> str:
+    """The first Host header's value, lower-cased ('' for none)."""
+    for name, value in headers:
+        if name.lower() == b"host":
+            return value.decode("latin-1").lower()
+    return ""
+
+
 def request_head(method: bytes, path: bytes, headers: Headers) -> bytes:
     lines = [b"%s %s HTTP/1.1" % (method, path)]
     lines.extend(b"%s: %s" % pair for pair in headers)
@@ -206,16 +214,27 @@ def response_head(version: bytes, status: int, reason: bytes, headers: Headers) 
     return b"\r\n".join(lines)
 
 
-def error_response(status: int, message: str, close: bool = True, head: bool = False) -> bytes:
-    """A short plain-text response the proxy itself sends (no body for a HEAD request)."""
+def error_parts(status: int, message: str) -> tuple[int, bytes, Headers, bytes]:
+    """(status, reason, headers, body) of a short plain-text response the proxy itself sends."""
     body = message.encode("utf-8") + b"\n"
     headers = [
         (b"Content-Type", b"text/plain; charset=utf-8"),
         (b"Content-Length", b"%d" % len(body)),
     ]
+    return status, REASONS.get(status, b"Error"), headers, body
+
+
+def whole_response(status: int, reason: bytes, headers: Headers, body: bytes, close: bool, head: bool) -> bytes:
+    """A complete HTTP/1.1 response in one piece (no body for a HEAD request)."""
     if close:
-        headers.append((b"Connection", b"close"))
-    return response_head(b"1.1", status, REASONS.get(status, b"Error"), headers) + (b"" if head else body)
+        headers = headers + [(b"Connection", b"close")]
+    return response_head(b"1.1", status, reason, headers) + (b"" if head else body)
+
+
+def error_response(status: int, message: str, close: bool = True, head: bool = False) -> bytes:
+    """A short plain-text response the proxy itself sends (no body for a HEAD request)."""
+    status, reason, headers, body = error_parts(status, message)
+    return whole_response(status, reason, headers, body, close, head)
 
 
 def chunk(data: bytes) -> list[bytes]:

@@ -1,0 +1,77 @@
+"""The recorder: every flow the proxy captures is built here, and handed to the shipper.
+
+On the hot path of every captured request, so a flow stays a plain tuple
+of ``Flow``'s fields (``pack_fields``): a named tuple costs several times as
+much to build.  A body that came in one chunk is kept without a copy, and
+sessions that take everything never make the flow be built as a ``Flow``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from capture.rules import SessionRule, matching_sessions
+
+REDACTED = b"[redacted]"
+Headers = list[tuple[bytes, bytes]]
+
+
+class Recorder:
+    """Builds flows as plain field tuples and submits them to the shipper for each session that wants them."""
+
+    def __init__(self, shipper: Any, redact: tuple[str, ...] = ()) -> None:
+        self.shipper = shipper
+        self._redact = frozenset(name.encode("ascii") for name in redact)
+
+    def candidates(self, client: str) -> tuple[SessionRule, ...]:
+        """The sessions that may want this client's flows; empty: nothing is gathered at all."""
+        return self.shipper.rules.for_client(client)
+
+    def redact(self, headers: Headers, trailers: Headers | None = None) -> Headers:
+        """Headers, then trailers, as stored: [capture] redact names masked, so secrets never reach the store.
+
+        Without names to mask, the list itself comes back: it is packed at once, not kept.
+        """
+        if trailers:
+            headers = headers + trailers
+        names = self._redact
+        if not names:
+            return headers
+        return [(n, REDACTED) if n.lower() in names else (n, v) for n, v in headers]
+
+    def submit(self, candidates: tuple[SessionRule, ...], flow: tuple[Any, ...]) -> None:
+        sessions = matching_sessions(candidates, flow)
+        if sessions:
+            self.shipper.submit(flow, sessions)
+
+    def http(self, candidates: tuple[SessionRule, ...], client: str, client_port: int, scheme: str, host: str,
+             port: int, method: str, path: str, version: str,
+             request: tuple[Headers, Headers, list[bytes], int],
+             status: int, reason: str, response: tuple[Headers, Headers, list[bytes] | None, int] | None,
+             times: tuple[float, float | None, float | None, float], error: str, server_ip: str) -> None:
+        """One HTTP exchange.  Messages come as (headers, trailers, captured chunks, true size):
+        the response's chunks are None when responses are not captured."""
+        headers, trailers, chunks, size = request
+        body = b"".join(chunks)
+        packed_response = None
+        if response is not None:
+            r_headers, r_trailers, r_chunks, r_size = response
+            r_body = b"".join(r_chunks) if r_chunks is not None else b""
+            packed_response = (self.redact(r_headers, r_trailers), r_body, r_size,
+                               r_chunks is None or r_size > len(r_body))
+        start, request_done, response_start, end = times
+        self.submit(candidates, (
+            client, client_port, scheme, host, port, method, path, version,
+            (self.redact(headers, trailers), body, size, size > len(body)),
+            status, reason, packed_response, start, request_done, response_start, end, error, server_ip, "http",
+        ))
+
+    def tunnel(self, client: str, client_port: int, scheme: str, host: str, port: int, start: float, end: float,
+               up: int, down: int, error: str) -> None:
+        """A tunnel (or a failed TLS handshake) as a flow: bytes each way and how long it lasted."""
+        candidates = self.candidates(client)
+        if candidates:
+            self.submit(candidates, (
+                client, client_port, scheme, host, port, "CONNECT", "", "1.1", ((), b"", up, False),
+                0, "", ((), b"", down, False) if not error else None, start, None, None, end, error, "", "tunnel",
+            ))
