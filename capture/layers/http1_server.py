@@ -160,13 +160,14 @@ class Http1Server:
                 self._refuse(431, "request head too large")
                 return
         self._feeding = True
+        tunnel_from = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             if self._connect is None:
                 self._refuse(501, "protocol upgrades (WebSocket, h2c) are not supported")
             else:
-                self._begin_tunnel(data[e.args[0]:])
+                tunnel_from = e.args[0]
         except httptools.HttpParserCallbackError as e:
             cause = e.__cause__ or e.__context__
             if isinstance(cause, http1.BadRequest):
@@ -180,6 +181,9 @@ class Http1Server:
             self._start_next()
         finally:
             self._feeding = False
+        if tunnel_from is not None:
+            # Outside the handler: the next layer's own parser errors must not chain onto this one.
+            self._begin_tunnel(data[tunnel_from:])
 
     def connection_lost(self, reason: Failure | None) -> None:
         for timer in (self._idle, self._head_timer, self._body_timer):
@@ -275,7 +279,7 @@ class Http1Server:
         host = self.host
         stream = Http1ServerStream(self, method, version.encode("ascii"), parser.should_keep_alive())
         exchange = Exchange(self.services, stream, (host.client, host.client_port), host.tunnel,
-                            method, b"".join(self._url), self._headers, framing)
+                            method, b"".join(self._url), self._headers, framing, host.tls_facts)
         self._parsing = exchange
         self._exchanges.append(exchange)
         if framing != "none":
