@@ -6,13 +6,17 @@ manager and stored as they are, and read back (``Flow.unpack``) by the
 admin API, the filter language and the exporters.  Everything here is pure
 data.
 
-The packed form (version 2) is a msgpack array ``[2, *fields]`` in the
+The packed form (version 3) is a msgpack array ``[3, *fields]`` in the
 order of ``Flow``'s fields, each message an array ``[headers, body, size,
-truncated]``: named tuples pack to exactly that, and so do plain tuples in
+truncated, trailers]`` and TLS facts an array ``[sni, alpn, version,
+cipher]``: named tuples pack to exactly that, and so do plain tuples in
 the same order, which is how the proxy records (``pack_fields``) without
 building a named tuple per request.
-Version 1 was a msgpack map; ``unpack`` still reads it, for databases and
-spill files written by earlier releases.
+
+``unpack`` still reads what earlier releases stored, for databases and
+spill files they wrote: version 2 (the same array without trailers, stream
+id and TLS facts; its trailers were stored after the headers) and version
+1 (a msgpack map).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 # One packer for every flow: msgpack.packb would allocate a 1 MiB buffer per call.
 # Packing holds the GIL throughout, so the reactor thread and export threads may share it.
 _PACKER = msgpack.Packer(use_bin_type=True)
@@ -35,13 +39,16 @@ class Message(NamedTuple):
     """One side of an exchange as captured.
 
     ``body`` holds at most ``max_capture_body`` bytes; ``size`` is the true
-    (de-chunked) body size that crossed the proxy.
+    (de-chunked) body size that crossed the proxy.  ``trailers`` are the
+    fields after the body (a chunked body's trailer section, HTTP/2
+    trailers such as gRPC's ``grpc-status``), kept apart from ``headers``.
     """
 
     headers: Headers = ()
     body: bytes = b""
     size: int = 0
     truncated: bool = False
+    trailers: Headers = ()
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), decoded."""
@@ -51,16 +58,28 @@ class Message(NamedTuple):
                 return value.decode("latin-1")
         return None
 
+    def trailer(self, name: str) -> str | None:
+        """The first value of trailer ``name`` (case-insensitive), decoded."""
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.trailers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
     @classmethod
     def _unpacked(cls, data: Any) -> Message:
-        """A message from its version 2 array, checked field by field."""
-        headers, body, size, truncated = data
-        if not (type(headers) is tuple and type(body) is bytes and type(size) is int and type(truncated) is bool):
+        """A message from its version 3 array (or version 2's, without trailers), checked field by field."""
+        if len(data) == 4:
+            headers, body, size, truncated = data
+            trailers: Any = ()
+        else:
+            headers, body, size, truncated, trailers = data
+        if not (type(headers) is tuple and type(body) is bytes and type(size) is int and type(truncated) is bool
+                and type(trailers) is tuple):
             raise ValueError("malformed message")
-        for pair in headers:
-            if not (type(pair) is tuple and len(pair) == 2 and type(pair[0]) is bytes and type(pair[1]) is bytes):
-                raise ValueError("malformed header")
-        return cls(headers, body, size, truncated)
+        _check_fields(headers)
+        _check_fields(trailers)
+        return cls(headers, body, size, truncated, trailers)
 
     @classmethod
     def _from_v1(cls, data: dict[str, Any]) -> Message:
@@ -72,12 +91,36 @@ class Message(NamedTuple):
         )
 
 
+class TLSFacts(NamedTuple):
+    """What a TLS handshake settled: the server name sent, the protocol ALPN chose, version and cipher."""
+
+    sni: str = ""
+    alpn: str = ""
+    version: str = ""
+    cipher: str = ""
+
+    def detail(self) -> dict[str, str | None]:
+        return {"sni": self.sni or None, "alpn": self.alpn or None, "version": self.version or None,
+                "cipher": self.cipher or None}
+
+    @classmethod
+    def _unpacked(cls, data: Any) -> TLSFacts | None:
+        if data is None:
+            return None
+        if type(data) is not tuple or len(data) != 4 or not all(type(item) is str for item in data):
+            raise ValueError("malformed TLS facts")
+        return cls(*data)
+
+
 class Flow(NamedTuple):
     """A completed (or failed) exchange between a client and a server.
 
     Times are seconds since the epoch; a phase that never happened is None.
     ``kind`` is ``"http"`` for a parsed exchange and ``"tunnel"`` for bytes
-    relayed without parsing.
+    relayed without parsing.  ``http_version`` is the client's ("1.0",
+    "1.1", "2.0"); ``stream_id`` the HTTP/2 stream (0 for HTTP/1);
+    ``client_tls`` and ``server_tls`` what the handshakes with the client
+    (interception) and the origin settled, None where there was no TLS.
     """
 
     client: str
@@ -99,6 +142,9 @@ class Flow(NamedTuple):
     error: str = ""
     server_ip: str = ""
     kind: str = "http"
+    stream_id: int = 0
+    client_tls: TLSFacts | None = None
+    server_tls: TLSFacts | None = None
 
     @property
     def url(self) -> str:
@@ -162,6 +208,9 @@ class Flow(NamedTuple):
                 "http_version": self.http_version,
                 **_message_detail(self.request),
             },
+            "stream_id": self.stream_id or None,
+            "client_tls": self.client_tls.detail() if self.client_tls is not None else None,
+            "server_tls": self.server_tls.detail() if self.server_tls is not None else None,
             "response": response,
             "timings": {
                 "start": iso_time(self.start),
@@ -172,24 +221,26 @@ class Flow(NamedTuple):
         }
 
     def pack(self) -> bytes:
-        """The packed form (version 2): what is queued, shipped and stored."""
+        """The packed form (version 3): what is queued, shipped and stored."""
         return pack_fields(self)
 
     @classmethod
     def from_fields(cls, fields: tuple[Any, ...]) -> Flow:
-        """A flow from a plain tuple in field order, messages as plain 4-tuples (see ``pack_fields``).
+        """A flow from a plain tuple in field order, messages as plain 5-tuples (see ``pack_fields``).
 
-        Headers may come as a list of pairs there; the flow holds them as a tuple.
+        Headers and trailers may come as lists of pairs there; the flow holds them as tuples.
         """
         if isinstance(fields, Flow):
             return fields
         request, response = fields[8], fields[11]
-        return cls(*fields[:8], Message(tuple(request[0]), *request[1:]), *fields[9:11],
-                   None if response is None else Message(tuple(response[0]), *response[1:]), *fields[12:])
+        client_tls, server_tls = fields[20:22]
+        return cls(*fields[:8], _message(request), *fields[9:11], None if response is None else _message(response),
+                   *fields[12:20], None if client_tls is None else TLSFacts(*client_tls),
+                   None if server_tls is None else TLSFacts(*server_tls))
 
     @classmethod
     def unpack(cls, record: bytes) -> Flow:
-        """Read a packed flow of version 2 or 1; raises ValueError for anything else."""
+        """Read a packed flow of version 3, 2 or 1; raises ValueError for anything else."""
         if type(record) is not bytes:
             raise ValueError("a flow record must be bytes")
         try:
@@ -198,10 +249,20 @@ class Flow(NamedTuple):
             raise ValueError(f"malformed flow record: {e}") from None
         if isinstance(data, dict):
             return cls._from_v1(data)
-        if type(data) is not tuple or len(data) != 1 + len(cls._fields) or data[0] != WIRE_VERSION:
+        if type(data) is not tuple or not data:
             raise ValueError("unsupported flow record version")
-        (_, client, client_port, scheme, host, port, method, path, http_version, request, status, reason,
-         response, start, request_done, response_start, end, error, server_ip, kind) = data
+        if data[0] == WIRE_VERSION and len(data) == 1 + len(cls._fields):
+            (_, client, client_port, scheme, host, port, method, path, http_version, request, status, reason,
+             response, start, request_done, response_start, end, error, server_ip, kind, stream_id, client_tls,
+             server_tls) = data
+        elif data[0] == 2 and len(data) == 20:
+            (_, client, client_port, scheme, host, port, method, path, http_version, request, status, reason,
+             response, start, request_done, response_start, end, error, server_ip, kind) = data
+            stream_id, client_tls, server_tls = 0, None, None
+        else:
+            raise ValueError("unsupported flow record version")
+        if type(stream_id) is not int:
+            raise ValueError("malformed flow record")
         if not (
             type(client) is str and type(client_port) is int and type(scheme) is str and type(host) is str
             and type(port) is int and type(method) is str and type(path) is str and type(http_version) is str
@@ -216,7 +277,7 @@ class Flow(NamedTuple):
                 Message._unpacked(request), status, reason,
                 None if response is None else Message._unpacked(response),
                 _time(start), _optional_time(request_done), _optional_time(response_start), _optional_time(end),
-                error, server_ip, kind,
+                error, server_ip, kind, stream_id, TLSFacts._unpacked(client_tls), TLSFacts._unpacked(server_tls),
             )
         except (TypeError, ValueError) as e:
             raise ValueError(f"malformed flow record: {e}") from None
@@ -254,8 +315,8 @@ class Flow(NamedTuple):
 
 
 def pack_fields(fields: tuple[Any, ...]) -> bytes:
-    """The packed form of a ``Flow``, or of a plain tuple of its fields in order, messages as 4-tuples
-    (their headers a tuple or a list of pairs).
+    """The packed form of a ``Flow``, or of a plain tuple of its fields in order, messages as 5-tuples
+    (their headers and trailers tuples or lists of pairs).
 
     Both pack to the same bytes; the proxy uses plain tuples because a named
     tuple costs several times as much to build, per request.
@@ -268,6 +329,17 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip()
 
 
+def _message(fields: tuple[Any, ...]) -> Message:
+    headers, body, size, truncated, trailers = fields
+    return Message(tuple(headers), body, size, truncated, tuple(trailers))
+
+
+def _check_fields(fields: tuple[Any, ...]) -> None:
+    for pair in fields:
+        if not (type(pair) is tuple and len(pair) == 2 and type(pair[0]) is bytes and type(pair[1]) is bytes):
+            raise ValueError("malformed header")
+
+
 def _message_detail(message: Message) -> dict[str, Any]:
     """Headers as ordered pairs; the body as text when it is UTF-8, else base64."""
     try:
@@ -276,6 +348,7 @@ def _message_detail(message: Message) -> dict[str, Any]:
         body, encoding = base64.b64encode(message.body).decode("ascii"), "base64"
     return {
         "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.headers],
+        "trailers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.trailers],
         "body": body,
         "body_encoding": encoding,
         "size": message.size,

@@ -210,6 +210,7 @@ def test_method_flags() -> None:
     assert "-X POST" in command(flow(method="POST"))
     assert "-X GET" in command(flow(request=message([], b"x")))
     assert "--http1.0" in command(flow(http_version="1.0"))
+    assert "--http2" in command(flow(http_version="2.0")) and "--http2" not in command(flow())
 
 
 def test_url_and_quoting() -> None:

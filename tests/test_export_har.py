@@ -386,3 +386,11 @@ def test_websocket_entry_as_chrome_writes_it() -> None:
     ]
     streamed = json.loads(b"".join(har.stream([flow(), (socket_flow(), messages)], "1.0")))
     assert streamed == document
+
+
+def test_http2_flows_say_http_2_0() -> None:
+    """An HTTP/2 flow's request and response carry httpVersion "HTTP/2.0" and stay valid HAR."""
+    sample = samples()["get_query"]._replace(http_version="2.0", stream_id=3)
+    entry = har.entry(sample)
+    assert entry["request"]["httpVersion"] == entry["response"]["httpVersion"] == "HTTP/2.0"
+    validate(har.document([sample], "1"))

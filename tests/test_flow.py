@@ -8,7 +8,7 @@ import re
 import msgpack
 import pytest
 
-from capture.flow import WIRE_VERSION, Flow, Message, iso_time, pack_fields
+from capture.flow import WIRE_VERSION, Flow, Message, TLSFacts, iso_time, pack_fields
 
 T0 = 1700000000.0  # 2023-11-14T22:13:20Z
 
@@ -85,24 +85,28 @@ def test_packed_form_is_a_versioned_array() -> None:
     """Version first, then the fields in Flow's order, messages as arrays."""
     flow = make_flow()
     fields = _fields(flow)
-    assert fields[0] == WIRE_VERSION == 2
+    assert fields[0] == WIRE_VERSION == 3
     assert len(fields) == 1 + len(Flow._fields)
     assert fields[1 + Flow._fields.index("host")] == flow.host
     assert fields[1 + Flow._fields.index("request")][1] == flow.request.body
 
 
 def _plain(flow: Flow) -> tuple:
-    """The flow's fields as a plain tuple, messages as plain 4-tuples with header lists: how the proxy gathers a flow."""
+    """The flow's fields as a plain tuple, messages as plain 5-tuples with header lists: how the proxy gathers a flow."""
     def message(m: Message) -> tuple:
-        return (list(m.headers), *m[1:])
+        return (list(m.headers), *m[1:4], list(m.trailers))
+    def tls(facts: TLSFacts | None) -> tuple | None:
+        return None if facts is None else tuple(facts)
     return (*flow[:8], message(flow.request), *flow[9:11], None if flow.response is None else message(flow.response),
-            *flow[12:])
+            *flow[12:20], tls(flow.client_tls), tls(flow.server_tls))
 
 
 @pytest.mark.parametrize("response", [True, False])
 def test_plain_fields_pack_and_build_as_the_flow(response: bool) -> None:
     """Plain tuples in field order pack to the Flow's own bytes, and from_fields builds that same Flow."""
-    flow = make_flow(request=Message(headers=((b"Host", b"h"), (b"X-A", b"1")), body=b"q", size=1))
+    flow = make_flow(request=Message(headers=((b"Host", b"h"), (b"X-A", b"1")), body=b"q", size=1,
+                                     trailers=((b"X-Sum", b"1"),)),
+                     stream_id=3, client_tls=TLSFacts("h", "h2", "TLSv1.3", "TLS_AES_128_GCM_SHA256"))
     if not response:
         flow = flow._replace(response=None, status=0, error="refused")
     fields = _plain(flow)
@@ -136,7 +140,54 @@ def test_unpack_reads_version_1_maps() -> None:
         assert Flow.unpack(msgpack.packb(_v1_map(flow), use_bin_type=True)) == flow
 
 
-@pytest.mark.parametrize("version", [3, 0, None])
+def _v2_array(flow: Flow) -> list:
+    """The version 2 array that the release before trailers and TLS facts wrote (to test reading it)."""
+    def message(m: Message) -> list:
+        return [[list(pair) for pair in m.headers + m.trailers], m.body, m.size, m.truncated]
+    return [2, *flow[:8], message(flow.request), *flow[9:11],
+            None if flow.response is None else message(flow.response), *flow[12:19]]
+
+
+def test_unpack_reads_version_2_arrays() -> None:
+    """Records stored or spilled by the previous release (version 2) read back with the new fields empty."""
+    for flow in (make_flow(), make_flow(response=None, end=None, error="refused")):
+        assert Flow.unpack(msgpack.packb(_v2_array(flow), use_bin_type=True)) == flow
+    old = make_flow(request=Message(headers=((b"A", b"1"),), trailers=((b"T", b"2"),)))
+    back = Flow.unpack(msgpack.packb(_v2_array(old), use_bin_type=True))
+    assert back.request.headers == ((b"A", b"1"), (b"T", b"2")) and back.request.trailers == ()
+    assert (back.stream_id, back.client_tls, back.server_tls) == (0, None, None)
+
+
+def test_trailers_stream_and_tls_facts_round_trip() -> None:
+    """Version 3 keeps trailers apart from headers, the stream id and both sides' TLS facts."""
+    flow = make_flow(
+        http_version="2.0", stream_id=5,
+        response=Message(headers=((b"content-type", b"application/grpc"),), body=b"\0\0\0\0\0", size=5,
+                         trailers=((b"grpc-status", b"0"), (b"grpc-message", b""))),
+        client_tls=TLSFacts("api.example.com", "h2", "TLSv1.3", "TLS_AES_256_GCM_SHA384"),
+        server_tls=TLSFacts("api.example.com", "h2", "TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256"),
+    )
+    back = Flow.unpack(flow.pack())
+    assert back == flow
+    assert back.response.trailer("GRPC-Status") == "0" and back.response.header("grpc-status") is None
+    detail = back.detail()
+    assert detail["response"]["trailers"] == [["grpc-status", "0"], ["grpc-message", ""]]
+    assert detail["stream_id"] == 5 and detail["http_version"] == "2.0"
+    assert detail["client_tls"] == {"sni": "api.example.com", "alpn": "h2", "version": "TLSv1.3",
+                                    "cipher": "TLS_AES_256_GCM_SHA384"}
+    assert detail["server_tls"]["version"] == "TLSv1.2"
+
+
+@pytest.mark.parametrize("field, value", [("stream_id", "1"), ("client_tls", ["a", "b"]), ("server_tls", [1, 2, 3, 4])])
+def test_unpack_rejects_bad_new_fields(field: str, value: object) -> None:
+    """A stream id or TLS facts of the wrong shape are refused with ValueError."""
+    fields = _fields(make_flow())
+    fields[1 + Flow._fields.index(field)] = value
+    with pytest.raises(ValueError, match="malformed"):
+        Flow.unpack(msgpack.packb(fields, use_bin_type=True))
+
+
+@pytest.mark.parametrize("version", [4, 0, None])
 def test_unpack_rejects_wrong_version(version: object) -> None:
     """A record of another (or no) version is refused with ValueError."""
     fields = _fields(make_flow())
@@ -174,6 +225,7 @@ def test_unpack_rejects_a_bad_field(field: str, value: object) -> None:
     lambda m: m.__setitem__(0, [["Host", b"x"]]),        # header name text, not bytes
     lambda m: m.__setitem__(0, [[b"Host"]]),             # header without a value
     lambda m: m.__setitem__(3, 1),                       # truncated not a bool
+    lambda m: m.__setitem__(4, [[b"T"]]),                # trailer without a value
 ])
 def test_unpack_rejects_a_bad_message(spoil) -> None:
     """A message with a bad body, header or flag is refused with ValueError."""

@@ -39,6 +39,8 @@ def command(flow: Flow) -> str:
         options.append(["-X", flow.method])
     if flow.http_version == "1.0":
         options.append(["--http1.0"])
+    elif flow.http_version == "2.0":
+        options.append(["--http2"])
     path, _ = split_target(flow.path)
     if any(segment in (".", "..") for segment in path.split("/")):
         options.append(["--path-as-is"])

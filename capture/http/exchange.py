@@ -55,8 +55,13 @@ class Exchange:
         target: bytes,
         headers: Headers,
         framing: str,
+        client_tls: tuple[str, str, str, str] | None = None,
+        stream_id: int = 0,
     ) -> None:
         self.services = services
+        self.client_tls = client_tls
+        self.stream_id = stream_id
+        self._server_tls: tuple[str, str, str, str] | None = None
         self.stream = stream
         self.client, self.client_port = client
         self.tunnel = tunnel
@@ -160,6 +165,7 @@ class Exchange:
             return
         self.upstream = upstream
         self._server_ip = host
+        self._server_tls = upstream.tls_facts()
         upstream.send_request(self, self.method, self.target, self.headers, self.framing, self._absolute)
         if not self.request_complete:
             upstream.register_producer(self.stream.request_producer())
@@ -306,4 +312,5 @@ class Exchange:
             self._status if response is not None else 0, self._reason.decode("latin-1"), response,
             (self.start_time, self._request_done, self._response_start, services.reactor.seconds()),
             f"{self._status} {error}" if local_status else error, self._server_ip,
+            self.stream_id, self.client_tls, self._server_tls,
         )

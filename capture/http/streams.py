@@ -44,6 +44,9 @@ class OriginStream(Protocol):
 
     def peer(self) -> tuple[str, int]: ...
 
+    def tls_facts(self) -> tuple[str, str, str, str] | None:
+        """(SNI, ALPN, version, cipher) of the TLS towards the origin, or None."""
+
     def send_request(self, exchange: ResponseSink, method: bytes, target: Target, headers: Headers,
                      framing: str, set_host: bool) -> None: ...
 

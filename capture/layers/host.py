@@ -76,6 +76,7 @@ class LayerHost(Protocol):
         self.client, self.client_port = client or ("", 0)
         self.start = start or 0.0
         self.layer: Any = None
+        self.tls_facts: tuple[str, str, str, str] | None = None  # (SNI, ALPN, version, cipher) inside TLS
         self.closing = False
         self._lost = False
         self._paused: set[str] = set()

@@ -27,13 +27,11 @@ class Recorder:
         """The sessions that may want this client's flows; empty: nothing is gathered at all."""
         return self.shipper.rules.for_client(client)
 
-    def redact(self, headers: Headers, trailers: Headers | None = None) -> Headers:
-        """Headers, then trailers, as stored: [capture] redact names masked, so secrets never reach the store.
+    def redact(self, headers: Headers) -> Headers:
+        """Headers (or trailers) as stored: [capture] redact names masked, so secrets never reach the store.
 
         Without names to mask, the list itself comes back: it is packed at once, not kept.
         """
-        if trailers:
-            headers = headers + trailers
         names = self._redact
         if not names:
             return headers
@@ -48,7 +46,9 @@ class Recorder:
              port: int, method: str, path: str, version: str,
              request: tuple[Headers, Headers, list[bytes], int],
              status: int, reason: str, response: tuple[Headers, Headers, list[bytes] | None, int] | None,
-             times: tuple[float, float | None, float | None, float], error: str, server_ip: str) -> None:
+             times: tuple[float, float | None, float | None, float], error: str, server_ip: str,
+             stream_id: int = 0, client_tls: tuple[str, str, str, str] | None = None,
+             server_tls: tuple[str, str, str, str] | None = None) -> None:
         """One HTTP exchange.  Messages come as (headers, trailers, captured chunks, true size):
         the response's chunks are None when responses are not captured."""
         headers, trailers, chunks, size = request
@@ -57,13 +57,14 @@ class Recorder:
         if response is not None:
             r_headers, r_trailers, r_chunks, r_size = response
             r_body = b"".join(r_chunks) if r_chunks is not None else b""
-            packed_response = (self.redact(r_headers, r_trailers), r_body, r_size,
-                               r_chunks is None or r_size > len(r_body))
+            packed_response = (self.redact(r_headers), r_body, r_size, r_chunks is None or r_size > len(r_body),
+                               self.redact(r_trailers))
         start, request_done, response_start, end = times
         self.submit(candidates, (
             client, client_port, scheme, host, port, method, path, version,
-            (self.redact(headers, trailers), body, size, size > len(body)),
+            (self.redact(headers), body, size, size > len(body), self.redact(trailers)),
             status, reason, packed_response, start, request_done, response_start, end, error, server_ip, "http",
+            stream_id, client_tls, server_tls,
         ))
 
     def tunnel(self, client: str, client_port: int, scheme: str, host: str, port: int, start: float, end: float,
@@ -72,6 +73,7 @@ class Recorder:
         candidates = self.candidates(client)
         if candidates:
             self.submit(candidates, (
-                client, client_port, scheme, host, port, "CONNECT", "", "1.1", ((), b"", up, False),
-                0, "", ((), b"", down, False) if not error else None, start, None, None, end, error, "", "tunnel",
+                client, client_port, scheme, host, port, "CONNECT", "", "1.1", ((), b"", up, False, ()),
+                0, "", ((), b"", down, False, ()) if not error else None, start, None, None, end, error, "", "tunnel",
+                0, None, None,
             ))
