@@ -58,7 +58,7 @@ class TLSInterception:
             self.handshake_timer = None
         ssl = self.tls._tlsConnection
         name = ssl.get_servername()
-        self.inner.tls_facts = ((name or b"").decode("idna", "replace"),
+        self.inner.tls_facts = ((name or b"").decode("ascii", "replace"),
                                 (ssl.get_alpn_proto_negotiated() or b"").decode("ascii", "replace"),
                                 ssl.get_protocol_version_name() or "", ssl.get_cipher_name() or "")
         self.inner.switch(self.services.layers.secure(self.inner, self.target))
