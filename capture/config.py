@@ -85,6 +85,7 @@ class LimitSettings:
     max_connections: int
     connect_timeout: float
     shutdown_grace: float
+    max_websocket_message: int
 
 
 @dataclass(frozen=True)
@@ -336,6 +337,7 @@ SCHEMA: dict[str, dict[str, tuple[Converter, str]]] = {
         "max_connections": (_integer(1, 1000000), "4096"),
         "connect_timeout": (_seconds, "10"),
         "shutdown_grace": (_seconds, "10"),
+        "max_websocket_message": (_integer(1024, 1 << 40), "67108864"),
     },
     "capture": {
         "buffer_memory": (_integer(0), "67108864"),

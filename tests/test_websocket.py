@@ -9,9 +9,9 @@ from wsproto.connection import CLIENT, SERVER, Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
-from capture import websocket
+from capture.http import websocket
 from capture.messages import WebSocketClose
-from capture.websocket import HandshakeError, Relay
+from capture.http.websocket import HandshakeError, Relay
 
 KEY = [(b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="), (b"Sec-WebSocket-Version", b"13")]
 

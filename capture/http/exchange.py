@@ -11,6 +11,13 @@ Bodies stream in both directions: each side is registered as the producer
 of the other, so a slow reader pauses the fast writer and a 1 GiB transfer
 passes with flat memory.  Capture keeps at most ``max_capture_body`` bytes
 per body and never changes what is forwarded.
+
+A WebSocket upgrade (HTTP/1.1) goes to the origin like any request; an
+origin that answers 101 completes the handshake here (each side's
+extensions, see :mod:`capture.http.websocket`), and the client stream
+relays the 101 and hands the connection to a WebSocket layer.  The flow is
+opened with the recorder then, its messages recorded as they pass, and it
+is closed when both connections are gone.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 from twisted.python.failure import Failure
 
 from capture import pages
-from capture.http import http1
+from capture.http import http1, websocket
 from capture.http.streams import ClientStream, Headers, OriginStream
 from capture.upstream.errors import describe_connect_error
 
@@ -96,6 +103,13 @@ class Exchange:
         # Captured body chunks, up to the limit; joined once, when the flow is built.
         self._request_body: list[bytes] | None = [] if self._candidates else None
         self._response_body: list[bytes] | None = None
+        # WebSocket: asked for, accepted by the origin's 101 (its head for the client, each side's
+        # extensions), then relayed by a WebSocket layer; ``_live`` is the open flow with the recorder.
+        self.websocket = framing == "none" and websocket.upgrade_requested(method, headers)
+        self.upgrade_accepted = False
+        self._upgrade: tuple[Headers, websocket.Sides] | None = None
+        self._upgraded = False
+        self._live: Any = None
 
     # -- request side, fed by the client's layer ------------------------------------
 
@@ -190,8 +204,50 @@ class Exchange:
     # -- response side, fed by the origin stream (ResponseSink) -------------------------
 
     def response_informational(self, status: int, reason: bytes, headers: Headers) -> None:
-        if status != 101:
+        if status == 101 and self.websocket:
+            try:
+                self._upgrade = websocket.complete_handshake(self.headers, http1.end_to_end(headers))
+            except websocket.HandshakeError as e:
+                self.upstream_failed(502, str(e))
+                return
+            self.upgrade_accepted = True
+            self.response_started = True
+            self._response_start = self.services.reactor.seconds()
+            self._status, self._reason, self._response_headers = status, reason, headers
+        elif status != 101:
             self.stream.send_informational(status, reason, headers)
+
+    def upgraded(self, link: Any, rest: bytes) -> None:
+        """The origin accepted the WebSocket upgrade: open the flow, relay the 101, hand both connections over."""
+        services = self.services
+        head, sides = self._upgrade
+        self.upstream = None
+        self._upgraded = True
+        if self._candidates:
+            self._live = services.recorder.open_websocket(self._candidates, self._websocket_flow("", None))
+        limit = self._limit if self._live is not None else 0
+        relay = websocket.Relay(sides, limit, services.limits.max_websocket_message, services.reactor.seconds)
+        self.stream.upgrade(self._reason, head, link, relay, self._websocket_messages, self._websocket_ended, rest)
+
+    def _websocket_messages(self, messages: list[Any]) -> None:
+        if self._live is not None:
+            self.services.recorder.websocket_messages(self._live, self.client, messages)
+
+    def _websocket_ended(self, close: Any) -> None:
+        if self._live is not None:
+            error = close.reason if close.closed_by == "proxy" else ""
+            flow = self._websocket_flow(error, self.services.reactor.seconds())
+            self.services.recorder.close_websocket(self._live, flow, close)
+        self._done(False)
+
+    def _websocket_flow(self, error: str, end: float | None) -> tuple[Any, ...]:
+        target = self.target
+        return self.services.recorder.websocket(
+            self.client, self.client_port, target.scheme, target.host, target.port, target.path,
+            self.stream.version.decode("ascii"), self.headers, self._reason.decode("latin-1"),
+            self._response_headers, (self.start_time, self._request_done, self._response_start, end),
+            error, self._server_ip, self.client_tls, self._server_tls,
+        )
 
     def response_head(self, status: int, reason: bytes, headers: Headers, framing: str) -> None:
         self.response_started = True
@@ -235,7 +291,7 @@ class Exchange:
 
     def client_lost(self) -> None:
         """The client went away: drop the upstream connection and record why."""
-        if self.finished:
+        if self.finished or self._upgraded:  # a WebSocket layer sees its own ends
             return
         upstream, self.upstream = self.upstream, None
         if upstream is not None:

@@ -23,7 +23,16 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class ResponseSink(Protocol):
-    """What an origin stream calls as the response arrives."""
+    """What an origin stream calls as the response arrives.
+
+    ``upgrade_accepted`` says the exchange took a 101 as the answer to its
+    WebSocket upgrade; an HTTP/1.1 origin stream then hands its link over
+    with ``upgraded(link, rest)``, ``rest`` the bytes after the 101.
+    """
+
+    upgrade_accepted: bool
+
+    def upgraded(self, link: Any, rest: bytes) -> None: ...
 
     def response_informational(self, status: int, reason: bytes, headers: Headers) -> None: ...
 
@@ -95,6 +104,10 @@ class ClientStream(Protocol):
 
     def send_whole(self, status: int, reason: bytes, headers: Headers, body: bytes, close: bool) -> None:
         """A complete response of the proxy's own (an error, an onboarding page)."""
+
+    def upgrade(self, reason: bytes, headers: Headers, link: Any, relay: Any, on_messages: Any, on_end: Any,
+                rest: bytes) -> None:
+        """Relay a 101 with ``headers`` and hand the connection to a WebSocket layer (HTTP/1 only)."""
 
     def abort(self) -> None:
         """The response cannot be completed: end it so the client sees it failed."""

@@ -6,7 +6,10 @@ as its client side, which writes the response in HTTP/1.1 framing.  One
 request runs at a time: a pipelined next one waits, its bytes unread.  A
 ``CONNECT`` hands the connection to the layer the stack builds for a
 tunnel (``host.switch``), so this layer also serves requests inside a
-tunnel, where ``host.tunnel`` names their target.
+tunnel, where ``host.tunnel`` names their target.  A WebSocket upgrade
+request waits for its origin's answer with the client's later bytes held;
+after a 101 the host is switched to the WebSocket layer the stack builds,
+which gets those bytes first.
 
 Hosted as described in ``capture.layers.host``.
 """
@@ -25,6 +28,7 @@ from capture.http.exchange import Exchange
 from capture.layers.host import LayerHost
 
 Headers = list[tuple[bytes, bytes]]
+MAX_EARLY_FRAMES = 1 << 20  # WebSocket bytes a client may send before the origin's 101
 
 
 class Http1ServerStream:
@@ -91,6 +95,12 @@ class Http1ServerStream:
     def send_whole(self, status: int, reason: bytes, headers: Headers, body: bytes, close: bool) -> None:
         self.transport.write(http1.whole_response(status, reason, headers, body, close, self.method == b"HEAD"))
 
+    def upgrade(self, reason: bytes, headers: Headers, link: Any, relay: Any, on_messages: Any, on_end: Any,
+                rest: bytes) -> None:
+        """Relay the origin's 101 (with the handshake's ``headers``), then the connection is a WebSocket's."""
+        self.transport.write(http1.response_head(b"1.1", 101, reason, headers))
+        self.layer.upgraded(link, relay, on_messages, on_end, rest)
+
     def abort(self) -> None:
         self.transport.abortConnection()
 
@@ -121,6 +131,7 @@ class Http1Server:
         self._feeding = False
         self._requested = False
         self._refusal: tuple[int, str] | None = None  # a 400 owed after the exchange under way
+        self._early: bytearray | None = None  # after a WebSocket upgrade request: the client's bytes so far
         # Bounds on the request head being read (see [limits]).
         self._in_head = True
         self._head_bytes = 0
@@ -140,6 +151,11 @@ class Http1Server:
 
     def data_received(self, data: bytes) -> None:
         if self.host.closing:
+            return
+        if self._early is not None:  # frames sent before the origin's 101: held for the WebSocket layer
+            self._early += data
+            if len(self._early) > MAX_EARLY_FRAMES:
+                self.host.abort()
             return
         if self._in_head:
             # llhttp buffers a header value until its line ends: bound the raw bytes too.
@@ -164,10 +180,14 @@ class Http1Server:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            if self._connect is None:
-                self._refuse(501, "protocol upgrades (WebSocket, h2c) are not supported")
-            else:
+            exchange = self._parsing
+            if self._connect is not None:
                 tunnel_from = e.args[0]
+            elif exchange is not None and exchange.websocket and exchange.request_complete:
+                self._early = bytearray(data[e.args[0]:])
+                self._start_next()
+            else:
+                self._refuse(501, "this protocol upgrade is not supported (only WebSocket is)")
         except httptools.HttpParserCallbackError as e:
             cause = e.__cause__ or e.__context__
             if isinstance(cause, http1.BadRequest):
@@ -282,6 +302,8 @@ class Http1Server:
                             method, b"".join(self._url), self._headers, framing, host.tls_facts)
         self._parsing = exchange
         self._exchanges.append(exchange)
+        if exchange.websocket:
+            stream.keep_alive = False  # after any answer but a 101 the parser cannot go on
         if framing != "none":
             self._body_timer = self.services.reactor.callLater(self.limits.body_timeout, self._body_timed_out)
 
@@ -307,6 +329,14 @@ class Http1Server:
             self.host.pause("busy")  # one request at a time; a pipelined next one waits
 
     # -- exchanges ---------------------------------------------------------------
+
+    def upgraded(self, link: Any, relay: Any, on_messages: Any, on_end: Any, rest: bytes) -> None:
+        """The 101 is relayed: the host's bytes go to a WebSocket layer from now on."""
+        early, self._early = bytes(self._early or b""), None
+        layer = self.services.layers.websocket(self.host, link, relay, on_messages, on_end)
+        self.host.switch(layer)
+        layer.start(early, rest)
+        self.host.resume("busy")
 
     def exchange_finished(self, stream: Http1ServerStream, keep_alive: bool) -> None:
         host = self.host

@@ -7,6 +7,7 @@
           Http1Server(tunnel)        plain HTTP inside the tunnel
           TLSInterception            a ClientHello: TLS ends here; inside it, on a SecureHost:
             Http1Server(tunnel)      what ALPN chose
+      WebSocketLayer               after any Http1Server relays a 101 to a WebSocket upgrade
 
 Layers ask the stack (``host.services.layers``) for the next layer, so no
 layer imports another and each can be tested with a stack of its own.
@@ -22,6 +23,7 @@ from capture.layers.http1_server import Http1Server
 from capture.layers.sniff import Sniffer
 from capture.layers.tls import TLSInterception
 from capture.layers.tunnel import RawTunnel
+from capture.layers.websocket import WebSocketLayer
 from capture.tls.hello import ClientHello
 
 
@@ -45,6 +47,10 @@ class LayerStack:
     def intercept(self, host: LayerHost, target: TunnelTarget, name: str, context: Any,
                   hello: ClientHello) -> TLSInterception:
         return TLSInterception(host, target, name, context)
+
+    def websocket(self, host: LayerHost, link: Any, relay: Any, on_messages: Any, on_end: Any) -> WebSocketLayer:
+        """The layer after an accepted WebSocket upgrade, relaying between ``host`` and the origin ``link``."""
+        return WebSocketLayer(host, link, relay, on_messages, on_end)
 
     def secure(self, inner: LayerHost, target: TunnelTarget) -> Http1Server:
         """The layer inside intercepted TLS, once the handshake is done."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from capture.messages import WebSocketClose, WebSocketMessage
 from capture.rules import SessionRule, matching_sessions
 
 REDACTED = b"[redacted]"
@@ -77,3 +78,36 @@ class Recorder:
                 0, "", ((), b"", down, False, ()) if not error else None, start, None, None, end, error, "", "tunnel",
                 0, None, None,
             ))
+
+    # -- WebSocket: a flow that stays open ---------------------------------------------------
+
+    def websocket(self, client: str, client_port: int, scheme: str, host: str, port: int, path: str,
+                  version: str, request_headers: Headers, reason: str, response_headers: Headers,
+                  times: tuple[float, float | None, float | None, float | None], error: str, server_ip: str,
+                  client_tls: tuple[str, str, str, str] | None,
+                  server_tls: tuple[str, str, str, str] | None) -> tuple[Any, ...]:
+        """A WebSocket's flow fields: the upgrade request, its 101, kind websocket; ``end`` None while open."""
+        start, request_done, response_start, end = times
+        return (
+            client, client_port, scheme, host, port, "GET", path, version,
+            (self.redact(request_headers), b"", 0, False, ()), 101, reason,
+            (self.redact(response_headers), b"", 0, False, ()), start, request_done, response_start, end,
+            error, server_ip, "websocket", 0, client_tls, server_tls,
+        )
+
+    def open_websocket(self, candidates: tuple[SessionRule, ...],
+                       flow: tuple[Any, ...]) -> tuple[int, frozenset[int]] | None:
+        """Ship an open WebSocket flow to the sessions that want it: its ref and those sessions, or None."""
+        sessions = matching_sessions(candidates, flow)
+        return (self.shipper.open_live(flow, sessions), frozenset(sessions)) if sessions else None
+
+    def websocket_messages(self, live: tuple[int, frozenset[int]], client: str,
+                           messages: list[WebSocketMessage]) -> None:
+        """Messages go to the open flow while one of its sessions still captures (a paused one records none)."""
+        ref, sessions = live
+        if any(rule.session_id in sessions for rule in self.candidates(client)):
+            self.shipper.live_messages(ref, messages)
+
+    def close_websocket(self, live: tuple[int, frozenset[int]], flow: tuple[Any, ...], close: WebSocketClose) -> None:
+        """The WebSocket's final flow and how it closed."""
+        self.shipper.close_live(live[0], flow, close)

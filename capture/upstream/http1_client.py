@@ -7,6 +7,12 @@ its ``ResponseSink`` methods.  Once the final response is complete,
 whatever else the origin sent in the same read is ignored (and the
 connection not reused): it would otherwise reach the client as part of, or
 after, a finished answer.
+
+A WebSocket upgrade request keeps its Upgrade and Connection fields (with
+the proxy's own extension offer, see :mod:`capture.http.websocket`); when
+the exchange accepts the origin's 101, the link is handed to it
+(``ResponseSink.upgraded``) with the bytes that followed the 101, and this
+client is done with it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 import httptools
 from twisted.python.failure import Failure
 
-from capture.http import http1
+from capture.http import http1, websocket
 from capture.http.streams import ResponseSink
 from capture.upstream.connector import OriginLink
 
@@ -96,6 +102,8 @@ class Http1Client:
         self._header_count = 0
         self._chunked = chunked = framing == "chunked"
         out = http1.end_to_end(headers, frozenset({b"transfer-encoding"}) if chunked else frozenset())
+        if framing == "none" and websocket.upgrade_requested(method, headers):
+            out = websocket.origin_request_headers(out)
         if chunked and not any(name.lower() == b"transfer-encoding" for name, _ in out):
             out.append((b"Transfer-Encoding", b"chunked"))
         if set_host or not http1.host_header(out):
@@ -214,7 +222,21 @@ class Http1Client:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+        except httptools.HttpParserUpgrade as e:
+            if self.exchange is None:  # the exchange gave up on this link inside the parser
+                return
+            if exchange.upgrade_accepted:  # a WebSocket's 101: the rest of the link is its frames
+                self.reusable = False
+                self.exchange = None
+                self.link.handler = None
+                exchange.upgraded(self.link, data[e.args[0]:])
+                return
+            if self._complete:
+                self.reusable = False
+            else:
+                self._fail(exchange, _response_problem(e))
+                return
+        except httptools.HttpParserError as e:
             if self._complete:  # junk after a finished answer: keep the answer, drop the connection
                 self.reusable = False
             else:

@@ -37,6 +37,8 @@ GOING_AWAY = 1001
 ABNORMAL = 1006
 
 Headers = list[tuple[bytes, bytes]]
+#: Each side's negotiated extensions: (towards the client, towards the origin).
+Sides = tuple[list[Extension], list[Extension]]
 
 
 class HandshakeError(ValueError):
@@ -80,7 +82,7 @@ def origin_request_headers(headers: Headers) -> Headers:
     return out
 
 
-def complete_handshake(request_headers: Headers, response_headers: Headers) -> tuple[Headers, Relay.Sides]:
+def complete_handshake(request_headers: Headers, response_headers: Headers) -> tuple[Headers, Sides]:
     """The 101's headers as the client gets them, and each side's extensions.
 
     ``response_headers`` are the origin's end-to-end headers; HandshakeError
@@ -176,8 +178,6 @@ class Relay:
     negotiated permessage-deflate; ``clock`` gives message times.
     """
 
-    Sides = tuple[list[Extension], list[Extension]]
-
     def __init__(self, sides: Sides, capture_limit: int, max_message: int, clock: Callable[[], float]) -> None:
         self.client = _Side(True, sides[0])
         self.server = _Side(False, sides[1])
@@ -234,6 +234,18 @@ class Relay:
             reason = "the client went away" if from_client else "the origin went away"
             other.send(CloseConnection(GOING_AWAY, reason), out.to(from_client))
             self._close_side(other, out)
+        return out
+
+    def shutdown(self) -> Output:
+        """The appliance is stopping: both sides hear the proxy is going away, and are closed."""
+        out = Output()
+        reason = "the proxy is shutting down"
+        if self.close is None:
+            self.close = WebSocketClose(GOING_AWAY, reason, "proxy")
+        for side in (self.client, self.server):
+            if not side.closed:
+                side.send(CloseConnection(GOING_AWAY, reason), out.to(not side.from_client))
+                self._close_side(side, out)
         return out
 
     # -- internals -------------------------------------------------------------------
