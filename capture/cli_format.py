@@ -217,6 +217,28 @@ def flow_detail(flow: dict[str, Any], show_binary: bool = False) -> list[str]:
     lines += ["", "timings: " + _timings(flow.get("timings") or {}, flow.get("duration_ms"))]
     if flow.get("error"):
         lines.append(f"error: {flow['error']}")
+    if flow.get("websocket"):
+        lines += _websocket(flow["websocket"], show_binary)
+    return lines
+
+
+def _websocket(section: dict[str, Any], show_binary: bool) -> list[str]:
+    """A WebSocket's messages, one line each (``>`` from the client, ``<`` to it), and how it closed."""
+    count = section.get("message_count") or 0
+    messages = section.get("messages") or []
+    lines = ["", f"websocket: {count} message(s){', open' if section.get('open') else ''}"]
+    for message in messages:
+        arrow = ">" if message.get("from_client") else "<"
+        content = message.get("content") or ""
+        if message.get("encoding") == "base64" and not show_binary:
+            content = f"<{message.get('size')} bytes, base64; --body prints it>"
+        cut = " <truncated>" if message.get("truncated") else ""
+        lines.append(f"{local_time(message.get('time'), '%H:%M:%S.%f')} {arrow} {message.get('type')}: {content}{cut}")
+    if count > len(messages):
+        lines.append(f"<{count - len(messages)} more: GET /api/flows/ID/messages?offset={len(messages)}>")
+    close = section.get("close")
+    if close:
+        lines.append(f"closed by {close.get('closed_by')}: {close.get('code')} {close.get('reason') or ''}".rstrip())
     return lines
 
 
