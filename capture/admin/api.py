@@ -1,4 +1,5 @@
-"""The admin control API: JSON over HTTP, every route behind a bearer token.
+"""The admin control API: JSON over HTTP, every route behind the bearer token
+(or the web UI's sign-in cookie, from the UI's own origin).
 
 It keeps no data of its own: each route is a call to the session manager
 over the UNIX socket, so the session manager stays the one source of truth.

@@ -24,7 +24,10 @@ SAFE_METHODS = (b"GET", b"HEAD")
 
 
 class SignIns:
-    """The live sign-ins of this admin listener, in memory: a restart signs everyone out."""
+    """The live sign-ins of this admin listener, in memory: a restart signs everyone out.
+
+    The token is read at start, so a new token (which needs a restart) ends every sign-in too.
+    """
 
     def __init__(self, token: str, clock: Callable[[], float]) -> None:
         self._token = token.encode("utf-8")
@@ -61,11 +64,6 @@ class SignIns:
     def sign_out(self, sign_in: str | None) -> None:
         if sign_in:
             self._live.pop(sign_in, None)
-
-    def change_token(self, token: str) -> None:
-        """A new admin token ends every sign-in made with the old one."""
-        self._token = token.encode("utf-8")
-        self._live.clear()
 
     def _expire(self, now: float) -> None:
         for sign_in, (created, used) in list(self._live.items()):
