@@ -115,10 +115,14 @@ function facts(flow) {
     ["Server", [flow.server_ip, flow.port].filter((x) => x).join(" port ")],
     ["Protocol", `${flow.scheme.toUpperCase()} ${flow.http_version || ""}`.trim()],
     ["Kind", flow.kind],
+    ["HTTP/2 stream", flow.stream_id ? String(flow.stream_id) : ""],
     ["Sessions", (flow.session_ids || []).join(", ")],
   ];
-  for (const [key, value] of Object.entries(flow.tls || {})) {
-    rows.push([`TLS ${key.replaceAll("_", " ")}`, Array.isArray(value) ? value.join(", ") : String(value ?? "")]);
+  for (const [side, facts] of [["client", flow.client_tls], ["origin", flow.server_tls]]) {
+    if (!facts) continue;
+    rows.push([`TLS with the ${side}`, [facts.version, facts.cipher].filter((x) => x).join(", ")]);
+    if (facts.sni) rows.push([`SNI (${side})`, facts.sni]);
+    if (facts.alpn) rows.push([`ALPN (${side})`, facts.alpn]);
   }
   return h("details.facts", {}, h("summary", {}, "Connection and TLS"), pairsTable(rows.filter(([, v]) => v !== ""), "Connection and TLS"));
 }
@@ -168,6 +172,7 @@ function side(title, message, flow, isRequest) {
     parts.push(pairsTable(set, "Cookies set"));
   }
   parts.push(body(message, title));
+  if ((message.trailers || []).length) parts.push(pairsTable(message.trailers, "Trailers"));
   return h("section.side", {"aria-label": title}, parts);
 }
 

@@ -82,7 +82,8 @@ export class FlowTable {
     this.loading.clear();
     this.pending = [];
     if (this.session === null) { this.setTotal(0); this.draw(); return; }
-    this.load(this.firstVisiblePage(), true);
+    this.viewport.scrollTop = 0; // a new filter or order starts at the top (or, following, at the end once loaded)
+    this.load(0, true);
   }
 
   firstVisiblePage() { return Math.floor(this.viewport.scrollTop / ROW_HEIGHT / PAGE); }
