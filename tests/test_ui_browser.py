@@ -316,3 +316,31 @@ def test_a_page_on_another_port_changes_and_reads_nothing(ui, page, console):
     page.goto(ui.admin_url + "/ui/")  # still signed in: the other page could not sign this browser out
     expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     console.clear()  # the refused requests log network errors on the attacker's page, as they should
+
+
+def test_websocket_messages_in_the_detail(ui, page, console):
+    """A WebSocket's flow shows its messages (direction, type, content) and how it closed."""
+    from websockets.sync.client import connect  # sync: Playwright's own loop runs in this thread
+
+    from test_e2e_websocket import WsOrigin
+
+    server = WsOrigin()
+    try:
+        session = ui.new_session(name="sockets")
+        with connect(f"ws://127.0.0.1:{server.port}/chat", proxy=ui.proxy_url, open_timeout=15) as ws:
+            ws.send("hello <b>there</b>")
+            ws.recv(timeout=15)
+            ws.close(4000, "done here")
+        flow_id = ui.wait_for_flows(session["id"], 1)[0]["id"]
+        wait_for(lambda: ui.api("GET", f"/api/flows/{flow_id}").json()["websocket"]["open"] is False, 15)
+        sign_in(page, ui)
+        page.get_by_label("Session", exact=True).select_option(str(session["id"]))
+        rows(page).first.click()
+        messages = page.get_by_role("region", name="WebSocket messages")
+        expect(messages.get_by_role("heading")).to_have_text("WebSocket messages (2)")
+        expect(messages.get_by_role("row")).to_have_count(3)
+        expect(messages.get_by_role("row").nth(1)).to_contain_text("→")
+        expect(messages.get_by_role("row").nth(1)).to_contain_text("hello <b>there</b>")
+        expect(messages).to_contain_text("closed by client, code 4000 done here")
+    finally:
+        server.stop()
