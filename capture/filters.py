@@ -32,6 +32,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from capture.decoding import decode_message
 from capture.flow import Flow, Headers, Message
 
 __all__ = [
@@ -197,7 +198,8 @@ def _message_matcher(family: str, search: Callable) -> Callable[[Message], bool]
         return test
     if family == "h":
         return lambda message: search(_render_headers(message.headers)) is not None
-    return lambda message: search(message.body) is not None
+    # Bodies are searched as a person reads them: with their Content-Encoding undone (bounded).
+    return lambda message: search(decode_message(message.headers, message.body).body) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from capture.decoding import decode_message
+
 WIRE_VERSION = 3
 # One packer for every flow: msgpack.packb would allocate a 1 MiB buffer per call.
 # Packing holds the GIL throughout, so the reactor thread and export threads may share it.
@@ -341,11 +343,19 @@ def _check_fields(fields: tuple[Any, ...]) -> None:
 
 
 def _message_detail(message: Message) -> dict[str, Any]:
-    """Headers as ordered pairs; the body as text when it is UTF-8, else base64."""
+    """Headers as ordered pairs; the body as text when it is UTF-8, else base64.
+
+    A body sent with a Content-Encoding is shown decoded (capture.decoding):
+    ``decoded_from`` names the encoding undone, ``decoded_size`` the size of
+    what is shown, ``decoded_cut`` that it reached the decoding bound, and
+    ``decoded_partial`` that the stored bytes ended early; ``decode_error``
+    says why an encoding was not undone (the body is then as stored).
+    """
+    decoded = decode_message(message.headers, message.body)
     try:
-        body, encoding = message.body.decode("utf-8"), "utf-8"
+        body, encoding = decoded.body.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
-        body, encoding = base64.b64encode(message.body).decode("ascii"), "base64"
+        body, encoding = base64.b64encode(decoded.body).decode("ascii"), "base64"
     return {
         "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.headers],
         "trailers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.trailers],
@@ -354,6 +364,11 @@ def _message_detail(message: Message) -> dict[str, Any]:
         "size": message.size,
         "stored_size": len(message.body),
         "truncated": message.truncated,
+        "decoded_from": decoded.encoding or None,
+        "decoded_size": len(decoded.body) if decoded.encoding else None,
+        "decoded_cut": decoded.cut,
+        "decoded_partial": decoded.partial,
+        "decode_error": decoded.error or None,
     }
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
-import zlib
 
 from capture import export
-from capture.export import FormPart, decoded_body, is_exchange, multipart_parts, replay_headers, utf8
-from capture.flow import Message
+from capture.export import FormPart, is_exchange, multipart_parts, replay_headers, utf8
 from test_export_samples import BOUNDARY, MULTIPART, PNG, message, samples
 
 
@@ -41,36 +38,6 @@ def test_language() -> None:
     assert [export.language(m) for m in ("application/json", "application/problem+json", "text/xml",
                                          "image/svg+xml", "text/html", "text/javascript", "text/csv")] == [
         "json", "json", "xml", "xml", "html", "javascript", "text"]
-
-
-def test_decoded_body() -> None:
-    """gzip, zlib and raw deflate are undone; identity, unknown, truncated and corrupt bodies are left alone."""
-    plain = b"hello " * 100
-    raw_deflate = zlib.compressobj(wbits=-15)
-    raw = raw_deflate.compress(plain) + raw_deflate.flush()
-    cases = [
-        ([("Content-Encoding", "gzip")], gzip.compress(plain), (plain, True)),
-        ([("Content-Encoding", "deflate")], zlib.compress(plain), (plain, True)),
-        ([("Content-Encoding", "deflate")], raw, (plain, True)),
-        ([("Content-Encoding", "identity")], plain, (plain, False)),
-        ([("Content-Encoding", "br")], b"\x0b\x02", (b"\x0b\x02", False)),
-        ([("Content-Encoding", "gzip")], b"nope", (b"nope", False)),
-        ([("Content-Encoding", "gzip")], gzip.compress(plain)[:-8], (gzip.compress(plain)[:-8], False)),
-        ([], plain, (plain, False)),
-    ]
-    for headers, body, expected in cases:
-        assert decoded_body(message(headers, body)) == expected, headers
-    twice = gzip.compress(gzip.compress(plain))
-    assert decoded_body(message([("Content-Encoding", "gzip, gzip")], twice)) == (plain, True)
-    cut = gzip.compress(plain)
-    truncated = Message(headers=((b"Content-Encoding", b"gzip"),), body=cut, size=len(cut) + 10, truncated=True)
-    assert decoded_body(truncated) == (cut, False)
-
-
-def test_decoded_body_refuses_a_bomb() -> None:
-    """A body that inflates past the limit is left compressed rather than filling memory."""
-    bomb = gzip.compress(b"\x00" * (export._MAX_INFLATED + 1))
-    assert decoded_body(message([("Content-Encoding", "gzip")], bomb)) == (bomb, False)
 
 
 def test_multipart_parts() -> None:

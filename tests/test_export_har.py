@@ -394,3 +394,22 @@ def test_http2_flows_say_http_2_0() -> None:
     entry = har.entry(sample)
     assert entry["request"]["httpVersion"] == entry["response"]["httpVersion"] == "HTTP/2.0"
     validate(har.document([sample], "1"))
+
+
+def test_compressed_request_and_response_bodies_are_decoded() -> None:
+    """A br request body and a zstd response are given decoded, with comments naming the encoding."""
+    import brotli
+    import zstandard
+
+    document = b'{"q": "compressed"}'
+    sent = flow(method="POST", request=message([("Content-Type", "application/json"), ("Content-Encoding", "br")],
+                                               brotli.compress(document)),
+                response=message([("Content-Type", "application/json"), ("Content-Encoding", "zstd")],
+                                 zstandard.ZstdCompressor().compress(document)))
+    entry = har.entry(sent)
+    assert entry["request"]["postData"]["text"] == document.decode()
+    assert entry["request"]["postData"]["comment"] == "decoded from Content-Encoding br"
+    content = entry["response"]["content"]
+    assert (content["text"], content["size"], content["comment"]) == (
+        document.decode(), len(document), "decoded from Content-Encoding zstd")
+    validate(har.document([sent], "test"))

@@ -291,3 +291,17 @@ def test_websockets_are_left_out_with_a_note() -> None:
     assert [item["name"] for _, item in walk(collection["item"])] == ["GET /a"]
     assert collection["info"]["description"].startswith("2 WebSocket connections are left out")
     assert "description" not in postman.collection([flow()], "Plain", True)["info"]
+
+
+def test_compressed_request_body_is_sent_decoded_without_its_encoding() -> None:
+    """Postman sends a body as given: a gzip request body goes decoded and its Content-Encoding is dropped."""
+    import gzip
+
+    document = b'{"q": "compressed"}'
+    sent = flow(method="POST", request=message([("Host", "api.example.com"), ("Content-Type", "application/json"),
+                                                ("Content-Encoding", "gzip")], gzip.compress(document)))
+    [(_, item)] = list(walk(postman.collection([sent], "s", False)["item"]))
+    request = item["request"]
+    assert request["body"]["raw"] == document.decode()
+    assert ("Content-Encoding", "gzip") not in headers(request)
+    assert "sent with Content-Encoding gzip" in request["description"]

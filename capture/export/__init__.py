@@ -8,7 +8,6 @@ facts about HTTP messages that more than one exporter needs.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from email.message import Message as _MimeHeader
 from email.utils import collapse_rfc2231_value
@@ -18,7 +17,6 @@ from capture.flow import Flow, Headers, Message
 __all__ = [
     "FormPart",
     "HOP_BY_HOP",
-    "decoded_body",
     "header_values",
     "is_exchange",
     "language",
@@ -43,10 +41,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 """Header names (lower case) that describe one connection, not the request."""
-
-# A compressed body may expand a lot; an export is no place to inflate a bomb.
-_MAX_INFLATED = 64 * 1024 * 1024
-
 
 def is_exchange(flow: Flow) -> bool:
     """Whether ``flow`` is a parsed HTTP request, not a tunnel or a failed CONNECT."""
@@ -113,48 +107,6 @@ def split_target(path: str) -> tuple[str, str]:
     """Split an origin-form request target into path and query (without ``?``)."""
     path, _, query = path.partition("?")
     return path or "/", query
-
-
-def decoded_body(message: Message) -> tuple[bytes, bool]:
-    """The body with gzip or deflate Content-Encoding undone, and whether it was.
-
-    Viewers want the content, not the wire bytes; a truncated, unknown
-    (``br``, ``zstd``) or corrupt encoding leaves the stored bytes as they are.
-    """
-    encodings = [
-        token.strip().lower()
-        for value in header_values(message.headers, "content-encoding")
-        for token in value.split(",")
-        if token.strip() and token.strip().lower() != "identity"
-    ]
-    if not encodings or message.truncated or not message.body:
-        return message.body, False
-    body = message.body
-    try:
-        for encoding in reversed(encodings):
-            if encoding in ("gzip", "x-gzip"):
-                body = _inflate(body, zlib.MAX_WBITS | 16)
-            elif encoding == "deflate":
-                try:
-                    body = _inflate(body, zlib.MAX_WBITS)
-                except zlib.error:  # servers often send raw deflate without the zlib header
-                    body = _inflate(body, -zlib.MAX_WBITS)
-            else:
-                return message.body, False
-    except (zlib.error, ValueError):
-        return message.body, False
-    return body, True
-
-
-def _inflate(data: bytes, wbits: int) -> bytes:
-    inflater = zlib.decompressobj(wbits)
-    out = inflater.decompress(data, _MAX_INFLATED)
-    if inflater.unconsumed_tail:
-        raise ValueError("inflated body too large")
-    out += inflater.flush()
-    if not inflater.eof:
-        raise ValueError("compressed body incomplete")
-    return out
 
 
 @dataclass(frozen=True, slots=True)

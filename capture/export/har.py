@@ -5,6 +5,9 @@ any HAR viewer.  Tunnels and failed CONNECTs are not HTTP requests and are
 left out.  Bodies are text when they are UTF-8 and base64 otherwise (HAR has
 an ``encoding`` field for responses only; a base64 request body says so in
 its ``comment``); a body cut at ``max_capture_body`` says so in a comment.
+Bodies sent with a Content-Encoding (gzip, deflate, br, zstd) are given
+decoded (capture.decoding), as browsers save them, and a comment says from
+what; ``content.compression`` is the bytes the encoding saved.
 A WebSocket is an entry as Chrome writes one: the upgrade exchange with
 ``_resourceType: "websocket"`` and its messages in ``_webSocketMessages``
 (``type`` send or receive, ``time`` in epoch seconds, ``opcode`` 1 for
@@ -22,7 +25,8 @@ import json
 from typing import Any, Iterable, Iterator, Sequence, Union
 from urllib.parse import parse_qsl
 
-from capture.export import decoded_body, header_values, is_exchange, media_type, split_target, utf8
+from capture.decoding import Decoded, decode_message
+from capture.export import header_values, is_exchange, media_type, split_target, utf8
 from capture.export.cookies import parse_cookie_header, parse_set_cookie
 from capture.flow import Flow, Headers, Message, iso_time
 from capture.messages import OPCODES, WebSocketMessage
@@ -124,9 +128,10 @@ def _request(flow: Flow) -> dict[str, Any]:
 def _post_data(message: Message) -> dict[str, Any]:
     post: dict[str, Any] = {"mimeType": (header_values(message.headers, "content-type") or [""])[0]}
     comments = []
-    text = utf8(message.body)
+    decoded = decode_message(message.headers, message.body)
+    text = utf8(decoded.body)
     if text is None:
-        post["text"] = base64.b64encode(message.body).decode("ascii")
+        post["text"] = base64.b64encode(decoded.body).decode("ascii")
         comments.append("base64")
     else:
         post["text"] = text
@@ -135,11 +140,26 @@ def _post_data(message: Message) -> dict[str, Any]:
                 {"name": name, "value": value}
                 for name, value in parse_qsl(text, keep_blank_values=True, errors="replace")
             ]
+    comments += _decoding_notes(decoded)
     if message.truncated:
         comments.append(_truncated(message))
     if comments:
         post["comment"] = "; ".join(comments)
     return post
+
+
+def _decoding_notes(decoded: Decoded) -> list[str]:
+    """What a reader must know about a decoded body: from what, and whether it is all there."""
+    notes = []
+    if decoded.error:
+        notes.append(f"not decoded: {decoded.error}")
+    elif decoded.encoding:
+        notes.append(f"decoded from Content-Encoding {decoded.encoding}")
+        if decoded.cut:
+            notes.append(f"decoded content cut at {len(decoded.body)} bytes")
+        if decoded.partial:
+            notes.append("the stored bytes end early, so the decoded content does too")
+    return notes
 
 
 def _response(flow: Flow) -> dict[str, Any]:
@@ -171,15 +191,16 @@ def _response(flow: Flow) -> dict[str, Any]:
 
 
 def _content(message: Message) -> dict[str, Any]:
-    """Response content: decoded (gzip, deflate) when complete, as text or base64."""
+    """Response content: decoded (gzip, deflate, br, zstd), as text or base64."""
     content: dict[str, Any] = {
         "size": message.size,
         "mimeType": (header_values(message.headers, "content-type") or [_UNKNOWN_MIME])[0],
     }
-    body, decoded = decoded_body(message)
-    if decoded:
+    decoded = decode_message(message.headers, message.body)
+    body = decoded.body
+    if decoded.encoding:
         content["size"] = len(body)
-        if len(body) >= message.size:
+        if not (decoded.cut or decoded.partial or message.truncated):
             content["compression"] = len(body) - message.size
     if body:
         text = utf8(body)
@@ -188,8 +209,11 @@ def _content(message: Message) -> dict[str, Any]:
             content["encoding"] = "base64"
         else:
             content["text"] = text
+    comments = _decoding_notes(decoded)
     if message.truncated:
-        content["comment"] = _truncated(message)
+        comments.append(_truncated(message))
+    if comments:
+        content["comment"] = "; ".join(comments)
     return content
 
 

@@ -20,9 +20,9 @@ from http import HTTPStatus
 from typing import Any, Iterable
 from urllib.parse import parse_qsl
 
+from capture.decoding import decode_message
 from capture.export import (
     FormPart,
-    decoded_body,
     header_values,
     is_exchange,
     language,
@@ -97,7 +97,15 @@ def _item(flow: Flow) -> dict[str, Any]:
 
 def _request(flow: Flow) -> dict[str, Any]:
     message = flow.request
+    decoded = decode_message(message.headers, message.body)
+    if decoded.encoding and not (decoded.cut or decoded.partial):
+        # Postman sends the body as given: it goes decoded, so it must not claim an encoding.
+        headers_kept = [(k, v) for k, v in message.headers if k.lower() != b"content-encoding"]
+        message = message._replace(headers=tuple(headers_kept), body=decoded.body, size=len(decoded.body))
     body, note = _body(message)
+    if message is not flow.request:
+        note = " ".join(filter(None, [f"The request body was sent with Content-Encoding {decoded.encoding}; "
+                                      "it is included decoded, without that header.", note]))
     headers = [
         {"key": key.decode("latin-1"), "value": value.decode("latin-1")}
         for key, value in replay_headers(message.headers)
@@ -194,8 +202,7 @@ def _example(flow: Flow, request: dict[str, Any]) -> dict[str, Any]:
     }
     if flow.duration_ms is not None:
         example["responseTime"] = flow.duration_ms
-    body, _ = decoded_body(message)
-    text = utf8(body)
+    text = utf8(decode_message(message.headers, message.body).body)
     if text is not None:
         example["body"] = text
     return example
