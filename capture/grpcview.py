@@ -156,8 +156,10 @@ def grpc_section(flow: Flow) -> dict[str, Any] | None:
     status = message = None
     if flow.response is not None:
         messages += _shown(flow.response.body, False, flow.response.header("grpc-encoding"))
-        status = flow.response.header("grpc-status")
-        message = flow.response.header("grpc-message")
+        # In the trailers; a trailers-only answer (an error before any message) has them in its headers.
+        response = flow.response
+        status = response.trailer("grpc-status") or response.header("grpc-status")
+        message = response.trailer("grpc-message") or response.header("grpc-message")
     return {"service": service, "method": method, "status": status, "status_message": message,
             "messages": messages}
 

@@ -84,9 +84,9 @@ def grpc_flow(request_body: bytes, response_body: bytes, encoding: bytes | None 
     return Flow(client="10.0.0.1", client_port=1, scheme="https", host="api", port=443, method="POST",
                 path="/chat.Greeter/SayHello", http_version="2.0",
                 request=Message(((b"content-type", b"application/grpc"), *extra), request_body, len(request_body)),
-                status=200, response=Message(((b"content-type", b"application/grpc+proto"), *extra,
-                                              (b"grpc-status", b"0"), (b"grpc-message", b"ok")),
-                                             response_body, len(response_body)))
+                status=200, response=Message(((b"content-type", b"application/grpc+proto"), *extra),
+                                             response_body, len(response_body),
+                                             trailers=((b"grpc-status", b"0"), (b"grpc-message", b"ok"))))
 
 
 def test_flow_section_lists_service_method_and_messages_by_direction():
@@ -112,3 +112,13 @@ def test_other_flows_have_no_grpc_section():
     """A flow whose request is not application/grpc gets no section."""
     flow = grpc_flow(b"", b"")._replace(request=Message(((b"content-type", b"application/json"),)))
     assert grpc_section(flow) is None
+
+
+def test_trailers_only_answer_has_its_status_in_the_headers():
+    """An error answered without messages (trailers-only) gives its status from the response headers."""
+    flow = grpc_flow(framed(b"\x08\x01"), b"")
+    flow = flow._replace(response=Message(((b"content-type", b"application/grpc"), (b"grpc-status", b"5"),
+                                           (b"grpc-message", b"not found"))))
+    section = grpc_section(flow)
+    assert (section["status"], section["status_message"]) == ("5", "not found")
+    assert [m["from_client"] for m in section["messages"]] == [True]
