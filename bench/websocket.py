@@ -10,7 +10,8 @@ environment bench/run.py keeps), pins the proxy to one core and the load
 generator (bench/wsload.py) and origin to another, drives N sockets each
 sending a message and waiting for its echo, and prints one JSON line per
 tool: messages per second through the proxy (both directions), latency
-percentiles, the proxy's CPU and peak memory.  For the appliance it then
+percentiles, the proxy's CPU (also per message: where the load generator
+is the bottleneck, the better gauge) and peak memory.  For the appliance it then
 waits until every message is stored and fails if one is missing.
 Processes are started and stopped through bench/run.py's helpers.
 """
@@ -72,7 +73,8 @@ def measure(proxy: Any, args: argparse.Namespace, children: run.Children, tmp: P
     except (IndexError, ValueError):
         raise run.BenchError(f"wsload printed no result: {(tmp / 'wsload.err').read_text()[-500:]}") from None
     result.update(scenario=f"ws-echo-{args.connections}", tool=proxy.tool, size=args.size,
-                  proxy_cpu_s=round(cpu_s, 2), peak_rss_mb=round(sampler.rss_max_kb / 1024, 1))
+                  proxy_cpu_s=round(cpu_s, 2), peak_rss_mb=round(sampler.rss_max_kb / 1024, 1),
+                  proxy_cpu_us_per_message=round(cpu_s * 1e6 / result["messages"], 1) if result["messages"] else None)
     if isinstance(proxy, run.Capture):
         start = time.monotonic()
         while time.monotonic() - start < 120:
@@ -116,8 +118,12 @@ def main(argv: list[str]) -> int:
             results.append(result)
             print(json.dumps(result), flush=True)
         if len(results) == 2 and results[1]["messages_per_s"]:
-            ratio = results[0]["messages_per_s"] / results[1]["messages_per_s"]
-            print(json.dumps({"scenario": results[0]["scenario"], "capture/mitmdump": round(ratio, 2)}))
+            ours, peer = results
+            line = {"scenario": ours["scenario"], "capture/mitmdump": round(ours["messages_per_s"] / peer["messages_per_s"], 2)}
+            if ours["proxy_cpu_us_per_message"] and peer["proxy_cpu_us_per_message"]:
+                line["mitmdump/capture_cpu_per_message"] = round(
+                    peer["proxy_cpu_us_per_message"] / ours["proxy_cpu_us_per_message"], 2)
+            print(json.dumps(line))
     except run.BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         status = 1
