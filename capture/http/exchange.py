@@ -28,8 +28,8 @@ from typing import Any
 from twisted.python.failure import Failure
 
 from capture import pages
-from capture.http import http1, websocket
-from capture.http.streams import ClientStream, Headers, OriginStream
+from capture.http import http1, http2, websocket
+from capture.http.streams import ClientStream, Headers, OriginStream, Pool
 from capture.upstream.errors import describe_connect_error
 
 
@@ -64,8 +64,10 @@ class Exchange:
         framing: str,
         client_tls: tuple[str, str, str, str] | None = None,
         stream_id: int = 0,
+        origins: Pool | None = None,
     ) -> None:
         self.services = services
+        self.origins = origins if origins is not None else services.pool
         self.client_tls = client_tls
         self.stream_id = stream_id
         self._server_tls: tuple[str, str, str, str] | None = None
@@ -142,7 +144,7 @@ class Exchange:
             return
         self.stream.pause_request("connect")
         server_name = tunnel.server_name if tunnel is not None else None
-        d = services.pool.acquire(target.scheme, target.host, target.port, server_name)
+        d = self.origins.acquire(target.scheme, target.host, target.port, server_name)
         d.addCallbacks(self._connected, self._connect_failed)
 
     def request_body(self, data: bytes) -> None:
@@ -177,10 +179,19 @@ class Exchange:
             upstream.abort()
             self._fail(403, "request would loop into the appliance itself")
             return
+        headers = self.headers
+        if self.stream.version == b"2.0" and upstream.alpn != b"h2":
+            # Translated to HTTP/1.1: refused rather than relayed without what it depends on.
+            why = http2.untranslatable(headers)
+            if why is not None:
+                self.origins.release(upstream)
+                self._fail(502, why)
+                return
+            headers = http2.join_cookies(headers)
         self.upstream = upstream
         self._server_ip = host
         self._server_tls = upstream.tls_facts()
-        upstream.send_request(self, self.method, self.target, self.headers, self.framing, self._absolute)
+        upstream.send_request(self, self.method, self.target, headers, self.framing, self._absolute)
         if not self.request_complete:
             upstream.register_producer(self.stream.request_producer())
         pending, self._pending = self._pending, None
@@ -277,7 +288,7 @@ class Exchange:
             # The origin answered before taking the whole body: the rest goes nowhere, and the
             # client's connection must not end with the origin's (it closes after the answer).
             upstream.request_abandoned()
-        self.services.pool.release(upstream)
+        self.origins.release(upstream)
         self._finish("")
 
     def upstream_failed(self, status: int, message: str) -> None:

@@ -49,6 +49,7 @@ class OriginStream(Protocol):
     """The origin's side of one exchange (an HTTP/1.1 connection, or an HTTP/2 stream)."""
 
     reusable: bool
+    alpn: bytes  # b"http/1.1" or b"h2": what the Exchange translates to
     producer: Any  # an IPushProducer the client side pauses while it cannot take more
 
     def peer(self) -> tuple[str, int]: ...

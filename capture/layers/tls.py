@@ -3,7 +3,11 @@
 The layer owns the TLS transport (``BulkTLSTransport``) over the client's
 connection; the plaintext inside goes to a second ``LayerHost``
 (``SecureHost``) whose layer the stack chooses once the handshake has
-decided the protocol by ALPN.  A client that gives up during the
+decided the protocol by ALPN.  A client that offers ``h2`` waits, its
+ClientHello held, while the origin is connected first with the same offer:
+the client is then given what the origin chose (``h2`` when the origin
+could not be reached, so the failure reaches it as an HTTP/2 answer), and
+the origin link goes to the client connection's ``AlpnOrigins``.  A client that gives up during the
 handshake, or never finishes it within ``header_timeout``, is reported to
 ``services.tls_failed``.  Hosted as described in ``capture.layers.host``.
 """
@@ -21,30 +25,66 @@ from capture.http.exchange import TunnelTarget
 from capture.layers.host import LayerHost
 from capture.tls.bulk import BulkTLSFactory
 from capture.tls.verify import ServerConnection
+from capture.upstream.alpn_pool import ALPN_BOTH, AlpnOrigins
+from capture.upstream.connector import OriginLink
 
 
 class TLSInterception:
     """The client's TLS, terminated here; the plaintext goes to ``inner``."""
 
-    def __init__(self, host: LayerHost, target: TunnelTarget, name: str, context: Any) -> None:
+    def __init__(self, host: LayerHost, target: TunnelTarget, name: str, context: Any, offers_h2: bool) -> None:
         self.host = host
         self.target = target
         self.name = name
         services = host.services
         self.services = services
+        self.context = context
         self.inner = SecureHost(self, services, target, (host.client, host.client_port), host.start)
-        tls_factory = BulkTLSFactory(ServerConnection(context), False, _Single(self.inner))
-        self.tls = tls_factory.buildProtocol(host.transport.getPeer())
-        self.tls.makeConnection(host.transport)
+        self.tls: Any = None
+        self.origins: AlpnOrigins | None = None
+        self._held: list[bytes] | None = None
         limit = services.limits.header_timeout  # the handshake is bounded like a request head
         self.handshake_timer: Any = services.reactor.callLater(limit, self._handshake_timed_out)
         self._handshake_done = False
         self._requested = False
+        if not offers_h2:
+            self._start_tls(None)
+            return
+        self._held = []
+        self.origins = AlpnOrigins(services.connector, services.pool, services.limits)
+        d = services.connector.connect(target.host, target.port, target.server_name or target.host, ALPN_BOTH)
+        d.addCallbacks(self._origin_ready, lambda _: self._start_tls(b"h2"))
+
+    def _origin_ready(self, link: OriginLink) -> None:
+        if self.host.closing:
+            link.transport.loseConnection()
+            return
+        self.origins.adopt(link, "https", self.target.server_name or self.target.host)
+        self._start_tls(b"h2" if link.alpn == b"h2" else b"http/1.1")
+
+    def _start_tls(self, alpn: bytes | None) -> None:
+        """Begin the client's handshake, selecting ``alpn`` when the client offers it."""
+        if self.host.closing:
+            return
+        tls_factory = BulkTLSFactory(ServerConnection(self.context), False, _Single(self.inner))
+        self.tls = tls_factory.buildProtocol(self.host.transport.getPeer())
+        self.tls.alpn_choice = alpn
+        self.tls.makeConnection(self.host.transport)
+        held, self._held = self._held, None
+        if held:
+            self.tls.dataReceived(b"".join(held))
 
     def data_received(self, data: bytes) -> None:
-        self.tls.dataReceived(data)
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self.tls.dataReceived(data)
 
     def connection_lost(self, reason: Failure | None) -> None:
+        if self.tls is None:  # gone while the origin was being connected
+            if self.handshake_timer is not None and self.handshake_timer.active():
+                self.handshake_timer.cancel()
+            return
         self.tls.connectionLost(reason)  # the inner host's connectionLost follows, then inner_lost
 
     def close_when_idle(self) -> None:
@@ -58,10 +98,10 @@ class TLSInterception:
             self.handshake_timer = None
         ssl = self.tls._tlsConnection
         name = ssl.get_servername()
-        self.inner.tls_facts = ((name or b"").decode("ascii", "replace"),
-                                (ssl.get_alpn_proto_negotiated() or b"").decode("ascii", "replace"),
+        alpn = ssl.get_alpn_proto_negotiated() or b""
+        self.inner.tls_facts = ((name or b"").decode("ascii", "replace"), alpn.decode("ascii", "replace"),
                                 ssl.get_protocol_version_name() or "", ssl.get_cipher_name() or "")
-        self.inner.switch(self.services.layers.secure(self.inner, self.target))
+        self.inner.switch(self.services.layers.secure(self.inner, self.target, alpn, self.origins))
 
     def request_begun(self) -> None:
         """The first request inside: the client accepted our certificate."""

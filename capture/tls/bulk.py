@@ -33,7 +33,13 @@ SEND_BLOCK = 128 * 1024
 
 
 class BulkTLSTransport(BufferingTLSTransport):
-    """Twisted's TLS transport, with one call per socket read and per large write."""
+    """Twisted's TLS transport, with one call per socket read and per large write.
+
+    ``alpn_choice``, set before the connection is made, is the protocol the
+    server side selects by ALPN when the client offers it (``capture.tls.ca``).
+    """
+
+    alpn_choice: bytes | None = None
 
     def __init__(self, factory: TLSMemoryBIOFactory, wrappedProtocol: object, _connectWrapped: bool = True) -> None:
         super().__init__(factory, wrappedProtocol, _connectWrapped)

@@ -120,12 +120,18 @@ def _normalise_host(host: str) -> tuple[str, x509.GeneralName]:
     return name, x509.DNSName(name)
 
 
-def _select_alpn(_connection: SSL.Connection, offered: list[bytes]) -> bytes | object:
-    """Speak HTTP/1.1 when the client offers it; otherwise decline ALPN.
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | object:
+    """The protocol chosen for this connection before its handshake (``h2`` when the origin
+    speaks it), else HTTP/1.1 when the client offers it; otherwise decline ALPN.
 
     Declining (rather than failing) lets an h2-only client fall back to
-    HTTP/1.1, which is the protocol the proxy speaks inside the tunnel.
+    HTTP/1.1.  The choice rides on the connection's app data (Twisted sets
+    it to the TLS transport, ``capture.tls.bulk.BulkTLSTransport``), so one
+    context serves every connection to a host.
     """
+    wanted = getattr(connection.get_app_data(), "alpn_choice", None)
+    if wanted is not None and wanted in offered:
+        return wanted
     if ALPN_HTTP11 in offered:
         return ALPN_HTTP11
     return SSL.NO_OVERLAPPING_PROTOCOLS
