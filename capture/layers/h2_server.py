@@ -38,6 +38,8 @@ from capture.http.streams import Headers, Pool
 from capture.layers.host import LayerHost
 
 MAX_STREAMS = 100
+MAX_FRAME = 16384  # SETTINGS_MAX_FRAME_SIZE we announce (the default): h2 would buffer a longer frame whole
+PREFACE_SIZE = 24
 MAX_RESETS = 100
 RESET_WINDOW = 10.0
 # Granted to the client on top of each stream's window, so one stalled stream cannot starve the rest.
@@ -206,6 +208,41 @@ class _ClientPacer:
         """The client is gone: connectionLost ends the streams."""
 
 
+class FrameGuard:
+    """Follows frame boundaries in the client's bytes, so an oversized frame is refused at its header.
+
+    h2 checks a frame's length only once the whole frame has arrived, which
+    would let a client make the proxy buffer 16 MiB per connection.
+    """
+
+    __slots__ = ("_skip", "_head")
+
+    def __init__(self) -> None:
+        self._skip = PREFACE_SIZE  # bytes before the next frame header
+        self._head = b""
+
+    def oversized(self, data: bytes) -> bool:
+        """Feed the next bytes; True when a frame header announces more than MAX_FRAME."""
+        view = memoryview(data)
+        while view:
+            if self._skip:
+                step = min(self._skip, len(view))
+                self._skip -= step
+                view = view[step:]
+                continue
+            need = 9 - len(self._head)
+            self._head += bytes(view[:need])
+            view = view[need:]
+            if len(self._head) < 9:
+                return False
+            length = int.from_bytes(self._head[:3], "big")
+            self._head = b""
+            if length > MAX_FRAME:
+                return True
+            self._skip = length
+        return False
+
+
 class H2Server:
     """An intercepted client speaking HTTP/2: its streams, multiplexed, one Exchange each."""
 
@@ -220,6 +257,7 @@ class H2Server:
         self._resets: deque[float] = deque()
         self._going_away = False
         self._requested = False
+        self._guard = FrameGuard()
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         self.conn = conn = h2.connection.H2Connection(config=config)
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -243,6 +281,9 @@ class H2Server:
 
     def data_received(self, data: bytes) -> None:
         if self.host.closing and self._going_away and not self.streams:
+            return
+        if self._guard.oversized(data):
+            self._end_connection(ErrorCodes.FRAME_SIZE_ERROR, f"an HTTP/2 frame longer than {MAX_FRAME} bytes")
             return
         try:
             events = self.conn.receive_data(data)
