@@ -41,6 +41,7 @@ struct options {
     int new_connection;
     long long upload_bytes; /* -1 = GET */
     int http11;
+    int http2;            /* every transfer multiplexed as an h2 stream on one connection */
     long timeout;         /* seconds per transfer */
     int verbose;
 };
@@ -54,7 +55,7 @@ struct slot {
 static struct options opt = {
     .url = NULL, .proxy = NULL, .cacert = NULL, .connections = 1,
     .duration = 0, .requests = 0, .new_connection = 0, .upload_bytes = -1,
-    .http11 = 0, .timeout = 300, .verbose = 0,
+    .http11 = 0, .http2 = 0, .timeout = 300, .verbose = 0,
 };
 
 static char upload_pattern[UPLOAD_CHUNK];
@@ -134,7 +135,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: loadgen --url URL [--proxy http://HOST:PORT] [--cacert PEM]\n"
             "               [--connections N] (--duration SECONDS | --requests N)\n"
-            "               [--new-connection] [--upload-bytes N] [--http1.1]\n"
+            "               [--new-connection] [--upload-bytes N] [--http1.1 | --http2]\n"
             "               [--timeout SECONDS] [--verbose] [--version]\n");
 }
 
@@ -150,6 +151,7 @@ static void parse(int argc, char **argv)
         {"new-connection", no_argument, 0, 'N'},
         {"upload-bytes", required_argument, 0, 'U'},
         {"http1.1", no_argument, 0, '1'},
+        {"http2", no_argument, 0, '2'},
         {"timeout", required_argument, 0, 't'},
         {"verbose", no_argument, 0, 'v'},
         {"version", no_argument, 0, 'V'},
@@ -170,6 +172,7 @@ static void parse(int argc, char **argv)
         case 'N': opt.new_connection = 1; continue;
         case 'U': opt.upload_bytes = strtoll(optarg, &end, 10); break;
         case '1': opt.http11 = 1; continue;
+        case '2': opt.http2 = 1; continue;
         case 't': opt.timeout = strtol(optarg, &end, 10); break;
         case 'v': opt.verbose = 1; continue;
         case 'V': printf("loadgen (%s)\n", curl_version()); exit(0);
@@ -226,6 +229,11 @@ static void setup(struct slot *slot, struct curl_slist *headers)
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     if (opt.http11)
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    if (opt.http2) {
+        /* h2 over TLS, and wait for the one connection rather than open another. */
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    }
     if (opt.new_connection) {
         curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
         curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
@@ -254,8 +262,10 @@ int main(int argc, char **argv)
     }
     CURLM *multi = curl_multi_init();
     /* One cached connection per transfer, so keep-alive really reuses them. */
-    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, opt.connections);
-    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, opt.connections);
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, opt.http2 ? 1L : opt.connections);
+    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, opt.http2 ? 1L : opt.connections);
+    /* --http2: the --connections transfers are streams multiplexed on one connection. */
+    curl_multi_setopt(multi, CURLMOPT_PIPELINING, opt.http2 ? (long)CURLPIPE_MULTIPLEX : (long)CURLPIPE_NOTHING);
 
     struct curl_slist *headers = NULL;
     /* No "Expect: 100-continue" wait on uploads; a binary body type. */

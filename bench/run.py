@@ -54,6 +54,9 @@ SCENARIOS: dict[str, tuple[str, str, int, bool]] = {
     "http-ka-50-nocapture": ("rps", "http", 50, False),
     "https-ka-10": ("rps", "https", 10, False),
     "https-ka-50": ("rps", "https", 50, False),
+    # HTTP/2: that many streams multiplexed on one connection (libcurl CURLPIPE_MULTIPLEX, PIPEWAIT).
+    "h2-mux-10": ("rps", "https", 10, False),
+    "h2-mux-50": ("rps", "https", 50, False),
     "http-new": ("rps", "http", 10, True),
     "https-new": ("rps", "https", 10, True),
     "dl-http": ("dl", "http", 1, False),
@@ -370,7 +373,7 @@ http {{
     upstream sink {{ server 127.0.0.1:{http_port}; keepalive 16; }}
     server {{
         listen 127.0.0.1:{http_port} backlog=4096;
-        listen 127.0.0.1:{https_port} ssl backlog=4096;
+        listen 127.0.0.1:{https_port} ssl http2 backlog=4096;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -638,9 +641,11 @@ class Bench:
         return f"{scheme}://127.0.0.1:{port}/{path}"
 
     def loadgen(self, proxy: Any, url: str, connections: int, *, seconds: float | None = None,
-                requests: int | None = None, new: bool = False, upload: int | None = None) -> tuple[float, subprocess.Popen]:
+                requests: int | None = None, new: bool = False, upload: int | None = None,
+                http2: bool = False) -> tuple[float, subprocess.Popen]:
         argv = [str(LOADGEN), "--url", url, "--proxy", f"http://127.0.0.1:{proxy.port}",
-                "--cacert", str(proxy.cacert), "--connections", str(connections), "--http1.1", "--timeout", "300"]
+                "--cacert", str(proxy.cacert), "--connections", str(connections),
+                "--http2" if http2 else "--http1.1", "--timeout", "300"]
         argv += ["--duration", str(seconds)] if seconds else ["--requests", str(requests)]
         if new:
             argv.append("--new-connection")
@@ -728,7 +733,8 @@ class Bench:
         t_cores = core_ticks(proxy_cores) if proxy_cores else 0
 
         if kind == "rps":
-            start, proc = self.loadgen(proxy, self.url(scheme, "1k.bin"), connections, seconds=self.seconds, new=new)
+            start, proc = self.loadgen(proxy, self.url(scheme, "1k.bin"), connections, seconds=self.seconds, new=new,
+                                       http2=name.startswith("h2-"))
             timeout = self.seconds + 120
         elif kind == "dl":
             path = f"{self.big // MIB}m.bin"

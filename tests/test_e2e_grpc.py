@@ -32,6 +32,11 @@ def _collect(requests, context: grpc.ServicerContext) -> bytes:
     return b",".join(requests)
 
 
+def _chat(requests, context: grpc.ServicerContext):
+    for request in requests:
+        yield request.upper()
+
+
 @pytest.fixture(scope="module")
 def grpc_origin(tmp_path_factory):
     ca = OriginCA(tmp_path_factory.mktemp("grpc"), "grpc origin CA")
@@ -41,6 +46,7 @@ def grpc_origin(tmp_path_factory):
         "Say": grpc.unary_unary_rpc_method_handler(_say),
         "Count": grpc.unary_stream_rpc_method_handler(_count),
         "Collect": grpc.stream_unary_rpc_method_handler(_collect),
+        "Chat": grpc.stream_stream_rpc_method_handler(_chat),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
@@ -63,17 +69,18 @@ def channel(appliance, port: int) -> grpc.Channel:
 
 
 def test_unary_and_streaming_calls_pass_and_are_captured_with_trailers(grpc_appliance, grpc_origin):
-    """Unary, server-streaming and client-streaming calls answer through the proxy; each call is one
-    HTTP/2 flow whose response trailers (not headers) hold grpc-status."""
+    """Unary, server-streaming, client-streaming and bidirectional calls answer through the proxy; each
+    call is one HTTP/2 flow whose response trailers (not headers) hold grpc-status."""
     appliance = grpc_appliance
     session = appliance.new_session()
     with channel(appliance, grpc_origin.port) as ch:
         assert ch.unary_unary(f"/{SERVICE}/Say")(b"hi", timeout=20) == b"echo:hi"
         assert list(ch.unary_stream(f"/{SERVICE}/Count")(b"3", timeout=20)) == [b"0", b"1", b"2"]
         assert ch.stream_unary(f"/{SERVICE}/Collect")(iter([b"a", b"b", b"c"]), timeout=20) == b"a,b,c"
-    flows = appliance.wait_for_flows(session["id"], 3)
+        assert list(ch.stream_stream(f"/{SERVICE}/Chat")(iter([b"x", b"y"]), timeout=20)) == [b"X", b"Y"]
+    flows = appliance.wait_for_flows(session["id"], 4)
     details = {d["path"]: d for d in (appliance.api("GET", f"/api/flows/{f['id']}").json() for f in flows)}
-    assert set(details) == {f"/{SERVICE}/Say", f"/{SERVICE}/Count", f"/{SERVICE}/Collect"}
+    assert set(details) == {f"/{SERVICE}/{name}" for name in ("Say", "Count", "Collect", "Chat")}
     for detail in details.values():
         assert detail["http_version"] == "2.0" and detail["status"] == 200
         response = detail["response"]

@@ -118,17 +118,21 @@ def https_like_appliance(make_appliance, origin_ca):
     return make_appliance(tls={"upstream_ca": origin_ca.path}).start()
 
 
-def test_sse_reaches_the_client_event_by_event_over_http2(h2_appliance, h2_origin):
-    """The first Server-Sent Event reaches an h2 client while the origin still holds the second one back."""
+@pytest.mark.parametrize("version", ["--http2", "--http1.1"])
+def test_sse_reaches_the_client_event_by_event(h2_appliance, h2_origin, version):
+    """The first Server-Sent Event reaches the client (over HTTP/2 and over HTTP/1.1, chunked) while the
+    origin still holds the second one back."""
     appliance = h2_appliance
-    stream = subprocess.Popen(["curl", "-sS", "-N", "--http2", "--max-time", "30", "-x", appliance.proxy_url,
-                               "--cacert", capture_ca(appliance), f"https://localhost:{h2_origin.port}/sse?name=a"],
+    name = version.strip("-")
+    stream = subprocess.Popen(["curl", "-sS", "-N", version, "--max-time", "30", "-x", appliance.proxy_url,
+                               "--cacert", capture_ca(appliance), f"https://localhost:{h2_origin.port}/sse?name={name}"],
                               stdout=subprocess.PIPE)
     try:
         first = stream.stdout.readline()
         assert first == b"data: one\n"
         release = subprocess.run(["curl", "-sS", "-k", "--max-time", "10",
-                                  f"https://localhost:{h2_origin.port}/release?name=a"], capture_output=True, timeout=20)
+                                  f"https://localhost:{h2_origin.port}/release?name={name}"], capture_output=True,
+                                 timeout=20)
         assert release.returncode == 0, release.stderr
         rest = stream.stdout.read()
         assert rest == b"\ndata: two\n\n"
