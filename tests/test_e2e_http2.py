@@ -139,3 +139,44 @@ def test_sse_reaches_the_client_event_by_event(h2_appliance, h2_origin, version)
     finally:
         stream.kill()
         stream.wait(timeout=10)
+
+
+def _peak_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_large_bodies_both_ways_over_h2_keep_memory_flat(h2_appliance, h2_origin, tmp_path):
+    """128 MiB down and 128 MiB up over HTTP/2 arrive intact while the proxy's peak RSS stays under
+    100 MiB: each stream's window opens only as the other side takes the bytes."""
+    import hashlib
+
+    from origin import pattern_sha256
+
+    appliance = h2_appliance
+    appliance.new_session()
+    size = 128 * 1024 * 1024
+    download = subprocess.Popen(["curl", "-sS", "--http2", "--max-time", "300", "-x", appliance.proxy_url, "--cacert",
+                                 capture_ca(appliance), f"https://localhost:{h2_origin.port}/stream?n={size}"],
+                                stdout=subprocess.PIPE)
+    digest, received = hashlib.sha256(), 0
+    while block := download.stdout.read(1024 * 1024):
+        digest.update(block)
+        received += len(block)
+    assert download.wait(timeout=60) == 0
+    assert received == size and digest.hexdigest() == pattern_sha256(size)
+    upload = tmp_path / "upload.bin"
+    with open(upload, "wb") as out:
+        for _ in range(size // (1024 * 1024)):
+            out.write(pattern(1024 * 1024))
+    echo = curl(appliance, "--http2", "--max-time", "300", "--data-binary", f"@{upload}",
+                f"https://localhost:{h2_origin.port}/echo")
+    assert echo.returncode == 0, echo.stderr
+    answer = json.loads(echo.stdout)
+    assert answer["size"] == size and answer["http_version"] == "2"
+    assert answer["sha256"] == hashlib.sha256(upload.read_bytes()).hexdigest()
+    peak = _peak_kib(appliance.process.pid)
+    assert peak < 100 * 1024, f"proxy peak RSS {peak} KiB"

@@ -33,6 +33,58 @@ from capture.upstream.connector import OriginLink
 
 # The connection-level window we grant the origin on top of each stream's own.
 CONNECTION_WINDOW = 4 * 1024 * 1024
+GOAWAY = 7  # the frame type
+
+
+class GoawayFilter:
+    """Takes GOAWAY frames out of the origin's bytes, so the streams the origin accepted can finish.
+
+    ``h2`` closes its connection state on a received GOAWAY and then refuses
+    every frame, even those of streams the GOAWAY accepted; so the frames are
+    followed here (as their headers arrive) and a GOAWAY is handled by the
+    client itself.  Everything else passes unchanged, without a copy when no
+    GOAWAY is in the read.
+    """
+
+    __slots__ = ("_skip", "_pending")
+
+    def __init__(self) -> None:
+        self._skip = 0  # body bytes of the current frame still to pass
+        self._pending = b""  # an unfinished frame header, or an unfinished GOAWAY frame
+
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+        """(bytes for h2, [(last stream id, error code) of each GOAWAY taken out])."""
+        buf = self._pending + data if self._pending else data
+        pos = start = 0
+        size = len(buf)
+        pieces: list[bytes] = []
+        found: list[tuple[int, int]] = []
+        while pos < size:
+            if self._skip:
+                step = min(self._skip, size - pos)
+                pos += step
+                self._skip -= step
+                continue
+            if size - pos < 9:
+                break
+            length = int.from_bytes(buf[pos:pos + 3], "big")
+            if buf[pos + 3] == GOAWAY:
+                if size - pos < 9 + length:
+                    break
+                body = buf[pos + 9:pos + 9 + length]
+                if length >= 8:
+                    found.append((int.from_bytes(body[:4], "big") & 0x7FFFFFFF, int.from_bytes(body[4:8], "big")))
+                pieces.append(buf[start:pos])
+                pos += 9 + length
+                start = pos
+            else:
+                pos += 9
+                self._skip = length
+        self._pending = buf[pos:] if pos < size else b""
+        if start == 0 and pos == size:
+            return buf, found
+        pieces.append(buf[start:pos])
+        return b"".join(pieces), found
 
 
 class H2ClientConnection:
@@ -47,6 +99,7 @@ class H2ClientConnection:
         self.streams: dict[int, H2ClientStream] = {}
         self.accepting = True  # no GOAWAY seen, not lost
         self._transport_paused = False
+        self._goaways = GoawayFilter()
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = conn = h2.connection.H2Connection(config=config)
         conn.local_settings = h2.settings.Settings(client=True, initial_values={
@@ -69,6 +122,9 @@ class H2ClientConnection:
     # -- the link's events ---------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        data, goaways = self._goaways.feed(data)
+        for last_stream_id, _ in goaways:
+            self._going_away(last_stream_id)
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -81,15 +137,15 @@ class H2ClientConnection:
             self._dispatch(event)
         self.flush()
 
+    def _going_away(self, last_stream_id: int) -> None:
+        """The origin's GOAWAY: no new streams here; those it accepted go on, the others fail."""
+        self.accepting = False
+        for stream_id, stream in list(self.streams.items()):
+            if stream_id > last_stream_id:
+                stream.failed("the origin went away (GOAWAY) before taking the request")
+        self._close_if_done()
+
     def _dispatch(self, event: Any) -> None:
-        if isinstance(event, h2.events.ConnectionTerminated):
-            self.accepting = False
-            last = event.last_stream_id or 0
-            for stream_id, stream in list(self.streams.items()):
-                if stream_id > last:
-                    stream.failed("the origin went away (GOAWAY) before taking the request")
-            self._close_if_done()
-            return
         if isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             for stream in list(self.streams.values()):
                 stream.send_pending()

@@ -1,0 +1,153 @@
+"""The HTTP/2 client towards origins, scripted against an h2 server connection without sockets:
+streams, trailers, push refused, GOAWAY letting accepted streams finish, DATA acknowledged only as
+the client side takes it."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+from twisted.internet.address import IPv4Address
+
+from capture import config
+from capture.http.http1 import Target
+from capture.upstream.connector import OriginLink
+from capture.upstream.h2_client import H2ClientConnection
+from test_proxy import Transport
+
+
+class Sink:
+    """A ResponseSink that notes every event."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def response_informational(self, status, reason, headers):
+        self.events.append(("informational", status))
+
+    def response_head(self, status, reason, headers, framing):
+        self.events.append(("head", status, framing, headers))
+
+    def response_body(self, data):
+        self.events.append(("body", data))
+
+    def response_end(self, trailers):
+        self.events.append(("end", trailers))
+
+    def upstream_failed(self, status, message):
+        self.events.append(("failed", status, message))
+
+
+class Rig:
+    """An H2ClientConnection on an origin link over a StringTransport, and the origin's h2 connection."""
+
+    def __init__(self) -> None:
+        self.transport = Transport(peerAddress=IPv4Address("TCP", "192.0.2.9", 443))
+        self.link = OriginLink("origin.test", 443)
+        self.link.makeConnection(self.transport)
+        self.client = H2ClientConnection(self.link, config.parse("").limits)
+        self.server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.server.initiate_connection()
+        self.seen: list = []
+        self.pump()
+
+    def pump(self) -> None:
+        for _ in range(20):
+            out = self.transport.value()
+            self.transport.clear()
+            if out:
+                self.seen.extend(self.server.receive_data(out))
+            back = self.server.data_to_send()
+            if back:
+                self.link.dataReceived(back)
+            if not out and not back:
+                return
+
+    def get(self, path: str = "/") -> tuple[object, Sink]:
+        stream, sink = self.client.open_stream(), Sink()
+        stream.send_request(sink, b"GET", Target("https", "origin.test", 443, path), [(b"Accept", b"*/*")], "none", True)
+        self.pump()
+        return stream, sink
+
+    def requests(self) -> list:
+        return [e for e in self.seen if isinstance(e, h2.events.RequestReceived)]
+
+
+def test_a_stream_carries_the_request_and_its_answer_with_trailers():
+    """Pseudo-headers from the target, headers lowered; the answer's head, body and trailers come back apart."""
+    rig = Rig()
+    stream, sink = rig.get("/svc?x=1")
+    [request] = rig.requests()
+    assert (b":path", b"/svc?x=1") in request.headers and (b":authority", b"origin.test") in request.headers
+    assert (b"accept", b"*/*") in request.headers
+    sid = request.stream_id
+    rig.server.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    rig.server.send_data(sid, b"\0\0\0\0\1x")
+    rig.server.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+    rig.pump()
+    assert sink.events[0][:3] == ("head", 200, "chunked")
+    assert ("body", b"\0\0\0\0\1x") in sink.events
+    assert sink.events[-1] == ("end", [(b"grpc-status", b"0")])
+
+
+def test_push_is_refused_in_the_settings():
+    """The client announces SETTINGS_ENABLE_PUSH = 0 to the origin."""
+    rig = Rig()
+    assert rig.server.remote_settings[h2.settings.SettingCodes.ENABLE_PUSH] == 0
+
+
+def test_goaway_lets_accepted_streams_finish_and_fails_the_rest():
+    """GOAWAY naming stream 1 as the last accepted: stream 1 still completes, stream 3 fails with a 502."""
+    rig = Rig()
+    first, first_sink = rig.get("/1")
+    second, second_sink = rig.get("/2")
+    one, three = [r.stream_id for r in rig.requests()]
+    goaway = GoAwayFrame(0, last_stream_id=one, error_code=0)  # the origin's h2 keeps serving stream 1
+    rig.link.dataReceived(goaway.serialize())
+    assert second_sink.events and second_sink.events[0][0] == "failed" and second_sink.events[0][1] == 502
+    assert not rig.client.accepting
+    rig.server.send_headers(one, [(b":status", b"200"), (b"content-length", b"2")])
+    rig.server.send_data(one, b"ok", end_stream=True)
+    rig.pump()
+    assert first_sink.events[-1] == ("end", [])
+    assert rig.transport.disconnecting  # nothing left on a connection that is going away
+
+
+def test_data_is_acknowledged_only_as_the_client_side_takes_it():
+    """While the stream's producer is paused (the client's socket is full), the origin's window stays
+    consumed; resuming acknowledges what was delivered."""
+    rig = Rig()
+    stream, sink = rig.get("/big")
+    [request] = rig.requests()
+    sid = request.stream_id
+    rig.server.send_headers(sid, [(b":status", b"200")])
+    rig.pump()
+    stream.producer.pauseProducing()
+    window = rig.server.local_flow_control_window(sid)
+    for _ in range(4):
+        rig.server.send_data(sid, b"d" * 10000)
+    rig.pump()
+    assert sum(len(e[1]) for e in sink.events if e[0] == "body") == 40000
+    assert rig.server.local_flow_control_window(sid) == window - 40000
+    stream.producer.resumeProducing()
+    rig.pump()
+    assert rig.server.local_flow_control_window(sid) > window - 40000
+
+
+def test_goaway_filter_takes_out_only_goaway_frames_across_reads():
+    """Frames split at every byte boundary pass unchanged except GOAWAY, which is reported."""
+    from hyperframe.frame import DataFrame, PingFrame
+
+    from capture.upstream.h2_client import GoawayFilter
+
+    frames = [DataFrame(1, data=b"abc").serialize(), GoAwayFrame(0, last_stream_id=5, error_code=2).serialize(),
+              PingFrame(0, opaque_data=b"12345678").serialize()]
+    wire = b"".join(frames)
+    for cut in range(len(wire) + 1):
+        f = GoawayFilter()
+        a, found_a = f.feed(wire[:cut])
+        b, found_b = f.feed(wire[cut:])
+        assert a + b == frames[0] + frames[2]
+        assert found_a + found_b == [(5, 2)]
