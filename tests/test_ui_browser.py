@@ -344,3 +344,33 @@ def test_websocket_messages_in_the_detail(ui, page, console):
         expect(messages).to_contain_text("closed by client, code 4000 done here")
     finally:
         server.stop()
+
+
+def test_session_actions(ui, page, console):
+    """From the Sessions view: pause, resume, rename, stop and delete a session, each seen by the API."""
+    session = ui.new_session(name="to manage")
+    sign_in(page, ui)
+    page.get_by_role("button", name="Sessions").click()
+    row = page.get_by_role("row", name="to manage")
+
+    def state() -> str:
+        return ui.api("GET", f"/api/sessions/{session['id']}").json()["state"]
+
+    row.get_by_role("button", name="Pause").click()
+    expect(row.get_by_text("paused", exact=True)).to_be_visible()
+    assert state() == "paused"
+    row.get_by_role("button", name="Resume").click()
+    expect(row.get_by_text("capturing", exact=True)).to_be_visible()
+    row.get_by_role("button", name="Rename").click()
+    row.get_by_label("New name").fill("managed")
+    row.get_by_role("button", name="Save name").click()
+    row = page.get_by_role("row", name="managed")
+    expect(row).to_be_visible()
+    assert ui.api("GET", f"/api/sessions/{session['id']}").json()["name"] == "managed"
+    row.get_by_role("button", name="Stop").click()
+    expect(row.get_by_text("stopped", exact=True)).to_be_visible()
+    expect(row.get_by_role("button", name="Clear")).to_have_count(0)
+    row.get_by_role("button", name="Delete").click()
+    row.get_by_role("button", name="Confirm delete").click()
+    expect(page.get_by_role("row", name="managed")).to_have_count(0)
+    assert ui.api("GET", f"/api/sessions/{session['id']}").status_code == 404
