@@ -124,7 +124,7 @@ def _routes(appliance) -> list[tuple[str, str]]:
 
     routes = []
     for method, pattern_, _ in AdminApi(None, SignIns("x", time.time), lambda: {}, type("P", (), {"reactor": None})())._routes:
-        path = pattern_.pattern.replace(r"(\d{1,15})", "1").replace("\\.", ".").replace("(pause|resume|stop|clear)", "pause")
+        path = pattern_.pattern.replace(r"(\d{1,15})", "1").replace("\\.", ".").replace("(request|response)", "request").replace("(pause|resume|stop|clear)", "pause")
         path = path.replace("(har|postman)", "har")
         routes.append((method.decode(), path))
     return routes

@@ -3,7 +3,7 @@ end to end, through the proxy, over plain HTTP and intercepted HTTPS."""
 
 from __future__ import annotations
 
-import base64
+import gzip
 import socket
 
 import pytest
@@ -27,7 +27,7 @@ def detail(**changes) -> dict:
 def test_request_keeps_headers_in_order_and_refits_framing():
     """The captured request goes out in absolute form with its headers in order and repeats kept;
     Content-Length is set for the body sent, hop-by-hop headers dropped, the connection closed after."""
-    request = replay_request(detail(), {})
+    request = replay_request(detail(), {}, b"hello")
     assert (request.scheme, request.host, request.port) == ("http", "api.test", 8080)
     head, _, body = request.head_and_body.partition(b"\r\n\r\n")
     assert body == b"hello"
@@ -37,14 +37,14 @@ def test_request_keeps_headers_in_order_and_refits_framing():
 
 
 def test_edits_replace_method_url_headers_and_body():
-    """Overrides change the method, URL (https: origin form after CONNECT), headers and body."""
+    """Overrides change the method, URL (https: origin form after CONNECT), headers and body; without
+    an edit the body goes out as stored (compressed bytes stay compressed, beside their Content-Encoding)."""
     request = replay_request(detail(), {"method": "PUT", "url": "https://other.test/x", "headers": [["A", "1"]],
-                                        "body": "é"})
+                                        "body": "é"}, b"hello")
     assert (request.scheme, request.host, request.port) == ("https", "other.test", 443)
     assert request.head_and_body == (b"PUT /x HTTP/1.1\r\nHost: other.test\r\nA: 1\r\nContent-Length: 2\r\n"
                                      b"Connection: close\r\n\r\n\xc3\xa9")
-    binary = detail(request={**detail()["request"], "body": base64.b64encode(b"\x00\xff").decode(), "body_encoding": "base64"})
-    assert replay_request(binary, {}).head_and_body.endswith(b"\r\n\r\n\x00\xff")
+    assert replay_request(detail(), {}, b"\x1f\x8b\x00\xff").head_and_body.endswith(b"Content-Length: 4\r\nConnection: close\r\n\r\n\x1f\x8b\x00\xff")
 
 
 @pytest.mark.parametrize("flow, overrides, message", [
@@ -61,7 +61,7 @@ def test_edits_replace_method_url_headers_and_body():
 def test_bad_replays_are_clear_errors(flow, overrides, message):
     """Each unusable flow or edit is a ReplayError (a 400) that says what is wrong."""
     with pytest.raises(ReplayError, match=message):
-        replay_request(flow, overrides)
+        replay_request(flow, overrides, b"hello")
 
 
 def test_replay_goes_through_the_proxy_into_the_same_sessions(appliance, origin):
@@ -151,3 +151,26 @@ def test_https_replay_is_intercepted_again(make_appliance, tmp_path):
         assert replayed.json()["status"] == 200
     finally:
         server.stop()
+
+
+def test_compressed_request_replays_as_sent_and_downloads_raw(appliance, origin):
+    """A gzip-encoded upload is shown decoded in the detail, downloads as the stored gzip bytes, and
+    replays byte for byte as it was sent (never the decoded text under a gzip header)."""
+    import hashlib
+    import json
+
+    session = appliance.new_session(name="gzip")
+    packed = gzip.compress(b'{"big": "' + b"x" * 5000 + b'"}')
+    with appliance.client() as client:
+        client.post(f"{origin.url}/upload", data=packed, timeout=10,
+                    headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    flow = appliance.wait_for_flows(session["id"], 1)[0]
+    shown = appliance.api("GET", f"/api/flows/{flow['id']}").json()["request"]
+    assert shown["decoded_from"] == "gzip" and shown["body"].startswith('{"big"')
+    raw = appliance.api("GET", f"/api/flows/{flow['id']}/request/body")
+    assert raw.content == packed and raw.headers["Content-Type"] == "application/octet-stream"
+    assert raw.headers["Content-Disposition"] == f'attachment; filename="flow-{flow["id"]}-request.bin"'
+    assert appliance.api("GET", "/api/flows/999999/response/body").status_code == 404
+    replayed = appliance.api("POST", f"/api/flows/{flow['id']}/replay").json()
+    received = json.loads(replayed["response"]["body"])
+    assert received["size"] == len(packed) and received["sha256"] == hashlib.sha256(packed).hexdigest()

@@ -34,7 +34,7 @@ REPLAY_FIND_SECONDS = 10.0  # a replayed flow reaches the store after the shippe
 _SESSION_FIELDS = {"name", "clients", "filter", "capture_responses", "cookies"}
 # Calls that change nothing, so asking again after a lost connection cannot do anything twice.
 _READS = frozenset({"sessions.list", "sessions.get", "sessions.stats", "flows.list", "flows.get", "flows.curl",
-                    "flows.messages", "export.cookies", "passthrough.list"})
+                    "flows.messages", "flows.body", "export.cookies", "passthrough.list"})
 API_POLICY = b"default-src 'none'; frame-ancestors 'none'"  # JSON and downloads: nothing in them may run
 
 
@@ -78,6 +78,7 @@ class AdminApi(resource.Resource):
             (b"GET", re.compile(F), self._get_flow),
             (b"GET", re.compile(F + r"/curl"), self._curl),
             (b"POST", re.compile(F + r"/replay"), self._replay),
+            (b"GET", re.compile(F + r"/(request|response)/body"), self._raw_body),
             (b"GET", re.compile(F + r"/messages"), self._messages),
             (b"GET", re.compile(r"/api/onboarding"), self._onboarding),
             (b"GET", re.compile(r"/api/onboarding/qr\.svg"), self._onboarding_qr),
@@ -126,7 +127,9 @@ class AdminApi(resource.Resource):
             request.finish()
             return
         request.setHeader(b"Content-Type", content_type)
-        if isinstance(body, str):
+        if isinstance(body, bytes):
+            request.write(body)
+        elif isinstance(body, str):
             request.write(body.encode("utf-8"))
         else:
             request.write(json.dumps(body, indent=1).encode("utf-8") + b"\n")
@@ -274,8 +277,9 @@ class AdminApi(resource.Resource):
         original = await self._call("flows.get", flow_id=int(flow_id))
         if not original["session_ids"]:
             raise ApiError(409, f"flow {flow_id} is in no session any more, so a replay would be recorded nowhere")
+        stored_body = await self._call("flows.body", flow_id=int(flow_id), part="request")
         try:
-            outgoing = replay_request(original, overrides)
+            outgoing = replay_request(original, overrides, stored_body)
         except ReplayError as e:
             raise ApiError(400, str(e)) from None
         if self._replays is None:
@@ -298,6 +302,12 @@ class AdminApi(resource.Resource):
                 raise ApiError(504, "the request was replayed, but none of the original's sessions recorded it"
                                     " (stopped, paused, or its filter does not match the edited request)")
             await _sleep(self._reactor, 0.1)
+
+    async def _raw_body(self, request: server.Request, flow_id: str, part: str) -> tuple[int, Any, bytes]:
+        """The body as stored (compressed if it came so), as a download: never shown by the browser."""
+        body = await self._call("flows.body", flow_id=int(flow_id), part=part)
+        request.setHeader(b"Content-Disposition", f'attachment; filename="flow-{flow_id}-{part}.bin"'.encode())
+        return 200, body, b"application/octet-stream"
 
     async def _get_flow(self, request: server.Request, flow_id: str) -> tuple[int, Any]:
         return 200, await self._call("flows.get", flow_id=int(flow_id))

@@ -15,7 +15,6 @@ Twisted client around it.
 
 from __future__ import annotations
 
-import base64
 import socket
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -42,8 +41,9 @@ class ReplayRequest(NamedTuple):
     head_and_body: bytes  # the request as the proxy will read it (absolute-form for http)
 
 
-def replay_request(flow: dict[str, Any], overrides: dict[str, Any]) -> ReplayRequest:
-    """The request to send for a flow detail (``GET /api/flows/ID``), with edits applied.
+def replay_request(flow: dict[str, Any], overrides: dict[str, Any], stored_body: bytes) -> ReplayRequest:
+    """The request to send for a flow detail (``GET /api/flows/ID``) and its request body as stored
+    (the detail's is decoded for reading; the wire's may be compressed), with edits applied.
 
     ``overrides`` may hold ``method``, ``url``, ``headers`` (ordered pairs,
     replacing all of them) and ``body`` (text). Framing headers are dropped
@@ -74,10 +74,8 @@ def replay_request(flow: dict[str, Any], overrides: dict[str, Any]) -> ReplayReq
         body = overrides["body"].encode("utf-8")
     elif request["truncated"]:
         raise ReplayError(f"flow {flow['id']}'s request body was stored cut short; send a body to replay it")
-    elif request["body_encoding"] == "base64":
-        body = base64.b64decode(request["body"])
     else:
-        body = request["body"].encode("utf-8")
+        body = stored_body
     headers = overrides.get("headers", request["headers"])
     if not isinstance(headers, list) or not all(
         isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in headers

@@ -45,6 +45,16 @@ class Exports:
         jar = cookies.jar(self._flows(session_id, filter), settings["domains"])
         return cookies.netscape(jar) if format == "netscape" else {"cookies": jar}
 
+    def raw_body(self, flow_id: int, part: str) -> bytes:
+        """A message's body as stored: the bytes that crossed the wire (still compressed, if they were)."""
+        flow = self.store.load_flow(flow_id)
+        if part not in ("request", "response"):
+            raise Invalid("part must be request or response")
+        message = flow.request if part == "request" else flow.response
+        if message is None:
+            raise NotFound(f"flow {flow_id} has no response")
+        return message.body
+
     def curl(self, flow_id: int) -> str:
         flow = self.store.load_flow(flow_id)
         try:

@@ -52,6 +52,7 @@ class SessionManager:
             "flows.get": store.get_flow,
             "flows.messages": self._messages,
             "flows.curl": exports.curl,
+            "flows.body": exports.raw_body,
             "export.har": exports.har,
             "export.postman": exports.postman,
             "export.cookies": exports.cookies,

@@ -4,7 +4,7 @@
 
 import {get, post} from "./api.js";
 import {h, fill, bytes, ms, statusClass} from "./dom.js";
-import {bodyBytes, guessView, header, pairsTable, render, VIEWS} from "./bodyview.js";
+import {guessView, pairsTable, render, VIEWS} from "./bodyview.js";
 
 export class FlowDetail {
   constructor(node, {onClose, onReplayed}) {
@@ -171,7 +171,7 @@ function side(title, message, flow, isRequest) {
     });
     parts.push(pairsTable(set, "Cookies set"));
   }
-  parts.push(body(message, title));
+  parts.push(body(message, title, flow.id));
   if ((message.trailers || []).length) parts.push(pairsTable(message.trailers, "Trailers"));
   return h("section.side", {"aria-label": title}, parts);
 }
@@ -183,25 +183,26 @@ function cookiePairs(text) {
   });
 }
 
-function body(message, title) {
+function body(message, title, flowId) {
   const out = h("div.view");
   let view = guessView(message);
   const select = h("select", {"aria-label": `${title} body view`, onchange: () => { view = select.value; fill(out, render(view, message)); }},
     Object.entries(VIEWS).map(([key, name]) => h("option", {value: key, selected: key === view}, name)));
   fill(out, render(view, message));
-  const encoding = header(message, "content-encoding");
-  const note = message.decoded_from || encoding;
-  const data = bodyBytes(message);
-  const type = header(message, "content-type").split(";")[0].trim() || "application/octet-stream";
-  const download = h("a", {href: "#", download: `${title.toLowerCase()}-body`, onclick: (event) => {
-    const link = event.currentTarget;
-    link.href = URL.createObjectURL(new Blob([data], {type}));
-    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
-  }}, "Download raw");
+  const download = h("a", {href: `/api/flows/${flowId}/${title.toLowerCase()}/body`, download: ""}, "Download raw");
   return h("div.bodybox", {},
-    h("div.bodybar", {}, h("strong", {}, "Body"), select, download,
-      note ? h("span.muted", {}, message.decoded_from ? ` decoded from ${note}` : ` content-encoding: ${note}`) : null),
+    h("div.bodybar", {}, h("strong", {}, "Body"), select, download, h("span.muted", {}, decodingNote(message))),
     out);
+}
+
+/** What was done to the stored bytes to show them, in words. */
+function decodingNote(message) {
+  const notes = [];
+  if (message.decoded_from) notes.push(`decoded from ${message.decoded_from}: ${bytes(message.stored_size)} stored, ${bytes(message.decoded_size)} shown`);
+  if (message.decoded_cut) notes.push("cut at the decoding limit");
+  if (message.decoded_partial) notes.push("the stored bytes end early: decoded as far as they go");
+  if (message.decode_error) notes.push(`shown as stored: ${message.decode_error}`);
+  return notes.join("; ");
 }
 
 function websocket(flow) {
