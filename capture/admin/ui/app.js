@@ -31,7 +31,12 @@ const CHIPS = [
   ["JSON", "~t json"], ["HTML", "~t html"], ["Images", "~t image"],
 ];
 
-const state = {sessions: [], session: null, view: "flows", events: null, chips: new Set(), hostChip: ""};
+const state = {sessions: [], session: null, view: "flows", events: null, chips: new Set(), hostChip: "", holding: false};
+
+function release() {
+  state.holding = false;
+  drawSessions();
+}
 
 let table, detail;
 
@@ -97,6 +102,7 @@ function duration(session) {
 }
 
 function drawSessions() {
+  if (state.holding) return; // a rename being typed or a delete waiting for its second press: redrawn after
   const body = $("#sessions-table tbody");
   fill(body, state.sessions.map((s) => {
     const size = h("td", {}, "");
@@ -125,13 +131,16 @@ async function change(session, action) {
 
 async function rename(session) {
   const row = document.querySelector(`#sessions-table tr[data-id="${session.id}"]`);
-  const input = h("input", {"aria-label": "New name", value: session.name});
+  const input = h("input", {"aria-label": "New name", value: session.name,
+    onkeydown: (event) => { if (event.key === "Escape") { event.stopPropagation(); release(); } }});
   const form = h("form.inline", {onsubmit: async (event) => {
     event.preventDefault();
+    state.holding = false;
     try { await api("PATCH", `/api/sessions/${session.id}`, {name: input.value}); $("#sessions-error").textContent = ""; }
     catch (error) { $("#sessions-error").textContent = error.message; }
     loadSessions();
   }}, input, h("button", {type: "submit"}, "Save name"));
+  state.holding = true;
   fill(row.firstChild, form);
   input.focus();
 }
@@ -140,8 +149,11 @@ async function remove(session, button) {
   if (button.dataset.armed !== "yes") { // a second press confirms: no dialog to dismiss
     button.dataset.armed = "yes";
     button.textContent = "Confirm delete";
+    state.holding = true;
+    setTimeout(() => { if (button.isConnected && button.dataset.armed === "yes") release(); }, 8000); // unconfirmed: disarm
     return;
   }
+  state.holding = false;
   try { await api("DELETE", `/api/sessions/${session.id}`); } catch (error) { $("#sessions-error").textContent = error.message; }
   if (session.id === state.session) openSession(null);
   loadSessions();
