@@ -300,6 +300,45 @@ def _optional_path(value: str) -> str:
     return os.path.abspath(value) if value else ""
 
 
+_DATABASE_FORM = "a file path for SQLite, or postgresql://user[:password]@host[:port]/dbname"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def is_postgresql_url(database: str) -> bool:
+    """Does ``[store] database`` (as validated) select PostgreSQL rather than a SQLite file?"""
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+def _database(value: str) -> str:
+    """A SQLite path (made absolute), or a libpq URL checked by libpq's own parser.
+
+    Anything else that looks like a URL is refused, so a typo in the scheme
+    never becomes a SQLite file named after it.
+    """
+    if is_postgresql_url(value):
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+            from psycopg import Error as PsycopgError
+        except ImportError:
+            raise ValueError("PostgreSQL needs psycopg: pip install '.[postgres]'") from None
+        try:
+            params = conninfo_to_dict(value)
+        except PsycopgError as e:
+            detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ValueError(f"not a valid PostgreSQL URL: {detail} ({_DATABASE_FORM})") from None
+        port = params.get("port")
+        if port is not None and not (str(port).isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"port {port} is not in 1-65535 ({_DATABASE_FORM})")
+        if not params.get("dbname"):
+            raise ValueError(f"names no database ({_DATABASE_FORM})")
+        return value
+    if _SCHEME.match(value):
+        raise ValueError(f"neither a path nor a PostgreSQL URL ({_DATABASE_FORM})")
+    if not value:
+        raise ValueError(f"empty ({_DATABASE_FORM})")
+    return os.path.abspath(value)
+
+
 # section -> key -> (converter, default as written in the file)
 SCHEMA: dict[str, dict[str, tuple[Converter, str]]] = {
     "proxy": {
@@ -321,7 +360,7 @@ SCHEMA: dict[str, dict[str, tuple[Converter, str]]] = {
     },
     "store": {
         "socket": (_path, "var/run/sessiond.sock"),
-        "database": (_path, "var/capture.sqlite"),
+        "database": (_database, "var/capture.sqlite"),
     },
     "admin": {
         "listen": (_endpoint, "tcp:8081"),

@@ -16,17 +16,17 @@ from hypothesis import strategies as st
 from capture import filters
 from capture.filters import And, Const, Flag, Not, Or, Regex, StatusCode
 from capture.flow import Flow, Message
-from capture.sessiond.query import (
-    MAX_PUSH_DEPTH,
-    SQL_FUNCTIONS,
-    Query,
-    QueryError,
-    order_by,
-    translate,
-)
+from capture.sessiond import query as push_down
+from capture.sessiond.query import MAX_PUSH_DEPTH, Query, QueryError, order_by
 from capture.sessiond.store import SQLiteStore as Store
+from capture.sessiond.store.sqlite import DIALECT, SQL_FUNCTIONS
 
 T0 = 1_700_000_000.0
+
+
+def translate(tree: filters.Filter, max_params: int = 999) -> Query:
+    """The push-down in SQLite's dialect, which these tests spell out."""
+    return push_down.translate(tree, DIALECT, max_params)
 
 
 def plan(expression: str) -> Query:
@@ -67,14 +67,14 @@ def test_pushable_terms_have_no_residual(expression):
     """Method, URL, host, client, destination, status, flags, content type, and ! & | of them go wholly to SQL."""
     query = plan(expression)
     assert query.residual is None
-    assert query.where != "1" or filters.parse(expression) == Const(True)
+    assert query.where != "TRUE" or filters.parse(expression) == Const(True)
 
 
 @pytest.mark.parametrize("name", ["h", "hq", "hs", "b", "bq", "bs"])
 def test_header_and_body_filters_stay_residual(name):
     """Header and body filters need the decoded flow: the whole term is the residual."""
     tree = filters.parse(f"~{name} token")
-    assert translate(tree) == Query("1", (), tree)
+    assert translate(tree) == Query("TRUE", (), tree)
 
 
 def test_plain_literal_is_a_lowercase_instr():
@@ -117,7 +117,7 @@ def test_empty_pattern_matches_any_present_text():
 
 def test_status_code_out_of_range_matches_nothing():
     """A status code no 64-bit column can hold is false, not an overflow."""
-    assert plan("~c 99999999999999999999").where == "0"
+    assert plan("~c 99999999999999999999").where == "FALSE"
     assert plan("~c 404") == Query("(f.status = ?)", (404,), None)
 
 
@@ -134,9 +134,9 @@ def test_and_pushes_each_exact_side():
 def test_or_and_not_with_a_residual_part_stay_whole():
     """| and ! push only when every part is exact; otherwise the whole node is residual."""
     tree = filters.parse("~m POST | ~b secret")
-    assert translate(tree) == Query("1", (), tree)
+    assert translate(tree) == Query("TRUE", (), tree)
     tree = filters.parse("!(~m POST & ~b secret)")
-    assert translate(tree) == Query("1", (), tree)
+    assert translate(tree) == Query("TRUE", (), tree)
     query = plan("~c 200 & !(~m POST & ~b secret)")
     assert query.where == "(f.status = ?)"
     assert query.residual == Not(And(Regex("m", "POST"), Regex("b", "secret")))
@@ -153,7 +153,7 @@ def test_unknown_nodes_stay_residual():
             return "~custom"
 
     node = Custom()
-    assert translate(node) == Query("1", (), node)
+    assert translate(node) == Query("TRUE", (), node)
     assert translate(And(StatusCode(200), node)) == Query("(f.status = ?)", (200,), node)
 
 
@@ -162,10 +162,10 @@ def test_deep_trees_and_many_parameters_go_to_python():
     tree = StatusCode(200)
     for _ in range(MAX_PUSH_DEPTH):
         tree = Not(tree)
-    assert translate(tree) == Query("1", (), tree)
+    assert translate(tree) == Query("TRUE", (), tree)
     assert translate(tree.inner).residual is None
     wide = filters.parse(" | ".join(f"~c {code}" for code in range(100, 120)))
-    assert translate(wide, max_params=10) == Query("1", (), wide)
+    assert translate(wide, max_params=10) == Query("TRUE", (), wide)
     assert translate(wide, max_params=20).residual is None
 
 

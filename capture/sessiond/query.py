@@ -1,30 +1,31 @@
 """Filter push-down: a parsed filter as a SQL condition plus what SQL cannot decide.
 
-``translate(tree)`` turns a tree from :func:`capture.filters.parse` into a
-:class:`Query`: a boolean SQL expression over the store's ``flows`` table
-(alias ``f``), its parameters, and a *residual* filter that must still be
-run on the decoded flow.  Rows that pass the SQL and then the residual are
+``translate(tree, dialect)`` turns a tree from :func:`capture.filters.parse`
+into a :class:`Query`: a boolean SQL expression over the store's ``flows``
+table (alias ``f``), its parameters, and a *residual* filter that must still
+be run on the decoded flow.  Rows that pass the SQL and then the residual are
 exactly the flows the tree selects; the property tests hold us to that.
 
-What goes to SQL, and why it is exact:
+The :class:`Dialect` says how one backend writes the few things that differ:
+its parameter mark, a case-insensitive substring test, a LIKE, whether it can
+run the filter's own regex (a SQL function registered on the connection),
+and the ``~a`` test.  What goes to SQL, and why it is exact:
 
-* ``~m ~u ~d ~src ~dst ~t ~tq ~ts`` search columns holding exactly the text
-  the filter searches (``~src`` is ``client || ':' || client_port``; ``~tq`` and
-  ``~ts`` the first Content-Type header of each side, NULL when absent).  A
-  plain ASCII literal becomes ``instr(lower(col), ?)``, and one with an
-  unescaped ``.`` a LIKE, on the rows the store marks ``f.plain`` (every
-  searched text printable ASCII), where SQLite's ASCII-only case folding is
-  Python's and no newline can stop a ``.``.  Other rows, and every real
-  regex, go to ``capture_search``: a SQL function running the pattern the
-  filter itself compiled.  Either way no record is decoded.
-* ``~c ~e ~s ~q ~http ~tcp ~websocket`` compare columns; ``~a`` calls ``capture_asset``
-  with the two columns the asset test reads.
+* ``~m ~u ~d ~src ~dst ~t ~tq ~ts ~via`` search columns holding exactly the
+  text the filter searches (``~src`` is ``client || ':' || client_port``;
+  ``~tq`` and ``~ts`` the first Content-Type header of each side, NULL when
+  absent).  A plain ASCII literal becomes the dialect's substring test, and
+  one with an unescaped ``.`` its LIKE, on the rows the store marks
+  ``f.plain`` (every searched text printable ASCII), where ASCII-only case
+  folding is Python's and no newline can stop a ``.``.  Other rows, and every
+  real regex, go to the dialect's regex function, or, for a backend without
+  one, stay residual.
+* ``~c ~e ~s ~q ~http ~tcp ~websocket`` compare columns; ``~a`` is the dialect's test.
 * ``!``, ``|`` when every part is exact; ``&`` pushes the exact parts of each
   side and leaves the rest as residual.
 
 Header and body filters (``~h ~hq ~hs ~b ~bq ~bs``), and anything this module
-does not know, stay residual.  Nothing here does I/O: the store registers
-:data:`SQL_FUNCTIONS` on its connection.
+does not know, stay residual.  Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any, Callable
 
 from capture.filters import And, Const, Filter, Flag, Not, Or, Regex, StatusCode
 
-__all__ = ["ORDERS", "SORTS", "SQL_FUNCTIONS", "Query", "QueryError", "order_by", "translate"]
+__all__ = ["ORDERS", "SORTS", "Dialect", "Query", "QueryError", "order_by", "searcher", "translate"]
 
 SORTS = {
     "time": "sf.time",
@@ -81,8 +82,33 @@ _FLAGS = {
     "http": "(f.kind IN ('http', 'websocket'))",
     "tcp": "(f.kind = 'tunnel')",
     "websocket": "(f.kind = 'websocket')",
-    "a": "capture_asset(f.content_type, f.path)",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How one backend's SQL says what differs between backends.
+
+    ``contains`` and ``like`` are templates over ``{column}`` and ``{param}``;
+    ``contains`` is given the literal lower-cased, ``like`` a LIKE pattern
+    with ``\\`` as its escape, and both must fold ASCII case.  ``search``
+    runs the filter's own regex, ``{param}, {param}, {column}`` being the
+    filter's name, the pattern and the text; None when the backend cannot, so
+    those terms stay residual.  ``asset`` is the ``~a`` test.  ``nulls``:
+    ORDER BY must say NULLS FIRST/LAST to put NULL before every value, as
+    SQLite does.
+    """
+
+    param: str
+    contains: str
+    like: str
+    search: str | None
+    asset: str
+    nulls: bool = False
+
+
+#: The condition every row meets: what a filter with nothing in SQL pushes down.
+TRUE = "TRUE"
 
 
 class QueryError(ValueError):
@@ -101,28 +127,29 @@ class Query:
     residual: Filter | None = None
 
 
-def translate(tree: Filter, max_params: int = 999) -> Query:
-    """Split ``tree`` into exact SQL and a residual filter.
+def translate(tree: Filter, dialect: Dialect, max_params: int = 999) -> Query:
+    """Split ``tree`` into exact SQL (in ``dialect``) and a residual filter.
 
     ``max_params`` is the connection's limit on bound parameters; a filter
     that would need more (or nests deeper than :data:`MAX_PUSH_DEPTH`) is
-    left to Python whole rather than fail in SQLite.
+    left to Python whole rather than fail in the database.
     """
     if _depth(tree) > MAX_PUSH_DEPTH:
-        return Query("1", (), tree)
-    query = _translate(tree)
+        return Query(TRUE, (), tree)
+    query = _translate(tree, dialect)
     if query.where is None:
-        return Query("1", (), tree)
+        return Query(TRUE, (), tree)
     if len(query.params) > max_params:
-        return Query("1", (), tree)
+        return Query(TRUE, (), tree)
     return Query(query.where, query.params, query.residual)
 
 
-def order_by(sort: str, order: str) -> str:
+def order_by(sort: str, order: str, dialect: Dialect | None = None) -> str:
     """The ORDER BY list for a listing: the key, then time and id, all in ``order``.
 
     ``desc`` is exactly the reverse of ``asc``.  A flow still in progress has
-    no duration: NULL sorts first ascending, last descending.
+    no duration: NULL sorts first ascending, last descending (said outright
+    for a ``dialect`` whose default differs).
     """
     if not isinstance(sort, str) or sort not in SORTS:
         raise QueryError(f"sort must be one of {', '.join(SORTS)}")
@@ -131,7 +158,10 @@ def order_by(sort: str, order: str) -> str:
     direction = order.upper()
     keys = [SORTS[sort]] if sort != "time" else []
     keys += ["sf.time", "sf.flow_id"]
-    return ", ".join(f"{key} {direction}" for key in keys)
+    nulls = ""
+    if dialect is not None and dialect.nulls:
+        nulls = " NULLS FIRST" if order == "asc" else " NULLS LAST"
+    return ", ".join(f"{key} {direction}{nulls}" for key in keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +171,9 @@ class _Part:
     residual: Filter | None
 
 
-def _translate(node: Filter) -> _Part:
+def _translate(node: Filter, dialect: Dialect) -> _Part:
     if isinstance(node, And):
-        left, right = _translate(node.left), _translate(node.right)
+        left, right = _translate(node.left, dialect), _translate(node.right, dialect)
         if left.where is None:
             where, params = right.where, right.params
         elif right.where is None:
@@ -154,65 +184,76 @@ def _translate(node: Filter) -> _Part:
         residual = And(*residuals) if len(residuals) == 2 else (residuals[0] if residuals else None)
         return _Part(where, params, residual)
     if isinstance(node, Or):
-        left, right = _translate(node.left), _translate(node.right)
+        left, right = _translate(node.left, dialect), _translate(node.right, dialect)
         if _exact(left) and _exact(right):
             return _Part(f"({left.where} OR {right.where})", left.params + right.params, None)
         return _Part(None, (), node)
     if isinstance(node, Not):
-        inner = _translate(node.inner)
+        inner = _translate(node.inner, dialect)
         if _exact(inner):
             return _Part(f"(NOT {inner.where})", inner.params, None)
         return _Part(None, (), node)
-    leaf = _leaf(node)
-    if leaf is None:
-        return _Part(None, (), node)
-    return _Part(leaf[0], leaf[1], None)
+    return _leaf(node, dialect)
 
 
 def _exact(part: _Part) -> bool:
     return part.where is not None and part.residual is None
 
 
-def _leaf(node: Filter) -> tuple[str, tuple[Any, ...]] | None:
-    """Exact SQL for one term, or None to leave it to Python."""
+def _leaf(node: Filter, dialect: Dialect) -> _Part:
+    """SQL for one term: exact, narrowing with the term kept as residual, or none at all."""
     if type(node) is Const:
-        return ("1" if node.value else "0"), ()
+        return _Part(TRUE if node.value else "FALSE", (), None)
     if type(node) is StatusCode:
         if not _INT64[0] <= node.code <= _INT64[1]:
-            return "0", ()  # the status column holds 64-bit integers only
-        return "(f.status = ?)", (node.code,)
+            return _Part("FALSE", (), None)  # the status column holds 64-bit integers only
+        return _Part(f"(f.status = {dialect.param})", (node.code,), None)
     if type(node) is Flag:
-        sql = _FLAGS.get(node.name)
-        return None if sql is None else (sql, ())
+        sql = dialect.asset if node.name == "a" else _FLAGS.get(node.name)
+        return _Part(sql, (), None if sql is not None else node)
     if type(node) is Regex:
         if node.name == "t":
-            request = _search(node.name, node.pattern_text, _SEARCHED["tq"])
-            response = _search(node.name, node.pattern_text, _SEARCHED["ts"])
-            return f"({request[0]} OR {response[0]})", request[1] + response[1]
+            request = _search(node.name, node.pattern_text, _SEARCHED["tq"], dialect)
+            response = _search(node.name, node.pattern_text, _SEARCHED["ts"], dialect)
+            if request is None or response is None:
+                return _Part(None, (), node)
+            exact = request[2] and response[2]
+            return _Part(f"({request[0]} OR {response[0]})", request[1] + response[1], None if exact else node)
         column = _SEARCHED.get(node.name)
-        return None if column is None else _search(node.name, node.pattern_text, column)
-    return None
+        found = None if column is None else _search(node.name, node.pattern_text, column, dialect)
+        if found is None:
+            return _Part(None, (), node)
+        return _Part(found[0], found[1], None if found[2] else node)
+    return _Part(None, (), node)
 
 
-def _search(name: str, pattern: str, column: str) -> tuple[str, tuple[Any, ...]]:
-    """SQL for "``pattern`` is found in ``column``", case-insensitively; false for NULL."""
+def _search(name: str, pattern: str, column: str, dialect: Dialect) -> tuple[str, tuple[Any, ...], bool] | None:
+    """SQL for "``pattern`` is found in ``column``", case-insensitively; false for NULL.
+
+    Returns ``(sql, params, exact)``: not exact when rows that are not plain
+    pass the SQL unchecked and the term must still run on them; None when
+    SQL can say nothing useful.
+    """
+    mark = dialect.param
     pieces = _pieces(pattern)
+    fallback = None if dialect.search is None else dialect.search.format(param=mark, column=column)
     if pieces is None:
-        return f"capture_search(?, ?, {column})", (name, pattern)
+        return None if fallback is None else (fallback, (name, pattern), True)
     if not pieces:
-        return f"({column} IS NOT NULL)", ()
-    # On printable ASCII (f.plain) SQLite folds case as Python does and no
+        return f"({column} IS NOT NULL)", (), True
+    # On printable ASCII (f.plain) ASCII case folding is Python's and no
     # newline can stop a '.'; other rows are left to the pattern itself.
     # A missing header must be false, not NULL: NOT NULL would drop the row.
-    absent = f"WHEN {column} IS NULL THEN 0 " if column in _NULLABLE else ""
-    fallback = f"capture_search(?, ?, {column})"
+    absent = f"WHEN {column} IS NULL THEN FALSE " if column in _NULLABLE else ""
+    other, other_params = ("TRUE", ()) if fallback is None else (fallback, (name, pattern))
     if _ANY_CHAR not in pieces:
-        literal = "".join(pieces).lower()
-        sql = f"(CASE {absent}WHEN f.plain THEN instr(lower({column}), ?) > 0 ELSE {fallback} END)"
-        return sql, (literal, name, pattern)
-    like = "".join("_" if piece is _ANY_CHAR else _like_escape(piece) for piece in pieces)
-    sql = f"(CASE {absent}WHEN f.plain THEN {column} LIKE ? ESCAPE '\\' ELSE {fallback} END)"
-    return sql, (f"%{like}%", name, pattern)
+        test = dialect.contains.format(column=column, param=mark)
+        argument = "".join(pieces).lower()
+    else:
+        test = dialect.like.format(column=column, param=mark)
+        argument = "%" + "".join("_" if piece is _ANY_CHAR else _like_escape(piece) for piece in pieces) + "%"
+    sql = f"(CASE {absent}WHEN f.plain != 0 THEN {test} ELSE {other} END)"
+    return sql, (argument, *other_params), fallback is not None
 
 
 _ANY_CHAR = None
@@ -267,44 +308,7 @@ def _depth(tree: Filter) -> int:
     return deepest
 
 
-# --- SQL functions the WHERE clauses call -------------------------------------
-
-
 @functools.lru_cache(maxsize=256)
-def _searcher(name: str, pattern: str) -> Callable[[str], Any]:
-    # Regex compiles the pattern exactly as the filter language does.
+def searcher(name: str, pattern: str) -> Callable[[str], Any]:
+    """The ``search`` method of ``pattern`` compiled exactly as the filter language does."""
     return Regex(name, pattern).pattern.search
-
-
-def _sql_search(name: str, pattern: str, text: str | None) -> int:
-    if text is None:
-        return 0
-    return int(_searcher(name, pattern)(text) is not None)
-
-
-class _AssetView:
-    """The two columns ``~a`` reads, standing in for a Flow.
-
-    Slots, so that should the asset test ever read anything else it fails
-    loudly here instead of answering wrongly.
-    """
-
-    __slots__ = ("content_type", "path")
-
-    def __init__(self, content_type: str, path: str) -> None:
-        self.content_type = content_type
-        self.path = path
-
-
-_ASSET = Flag("a")
-
-
-def _sql_asset(content_type: str, path: str) -> int:
-    return int(_ASSET(_AssetView(content_type, path)))  # type: ignore[arg-type]
-
-
-SQL_FUNCTIONS: dict[str, tuple[int, Callable[..., int]]] = {
-    "capture_search": (3, _sql_search),
-    "capture_asset": (2, _sql_asset),
-}
-"""``name: (number of arguments, function)`` to register on the connection."""

@@ -291,6 +291,51 @@ _STAT_GROUPS = {
 }
 
 
+# --- the SQL the filter push-down writes, and the functions it calls ---------------
+
+DIALECT = query.Dialect(
+    param="?",
+    contains="instr(lower({column}), {param}) > 0",
+    like="{column} LIKE {param} ESCAPE '\\'",  # SQLite's LIKE folds ASCII case
+    search="capture_search({param}, {param}, {column})",
+    asset="capture_asset(f.content_type, f.path)",
+)
+
+
+def _sql_search(name: str, pattern: str, text: str | None) -> int:
+    if text is None:
+        return 0
+    return int(query.searcher(name, pattern)(text) is not None)
+
+
+class _AssetView:
+    """The two columns ``~a`` reads, standing in for a Flow.
+
+    Slots, so that should the asset test ever read anything else it fails
+    loudly here instead of answering wrongly.
+    """
+
+    __slots__ = ("content_type", "path")
+
+    def __init__(self, content_type: str, path: str) -> None:
+        self.content_type = content_type
+        self.path = path
+
+
+_ASSET = filters.Flag("a")
+
+
+def _sql_asset(content_type: str, path: str) -> int:
+    return int(_ASSET(_AssetView(content_type, path)))  # type: ignore[arg-type]
+
+
+SQL_FUNCTIONS: dict[str, tuple[int, Callable[..., int]]] = {
+    "capture_search": (3, _sql_search),
+    "capture_asset": (2, _sql_asset),
+}
+"""``name: (number of arguments, function)`` registered on every connection."""
+
+
 class SQLiteStore:
     """Sessions and flows in one SQLite file.
 
@@ -319,7 +364,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA temp_store=MEMORY")
-            for name, (arity, function) in query.SQL_FUNCTIONS.items():
+            for name, (arity, function) in SQL_FUNCTIONS.items():
                 self._db.create_function(name, arity, function, deterministic=True)
             # Long statements (statistics, searches over big sessions) pace themselves too.
             self._db.set_progress_handler(self._pace, _PACE_OPCODES)
@@ -644,13 +689,13 @@ class SQLiteStore:
         if type(offset) is not int or not 0 <= offset <= INT64[1]:
             raise Invalid("offset must be a non-negative integer")
         try:
-            ordering = query.order_by(sort, order)
+            ordering = query.order_by(sort, order, DIALECT)
         except query.QueryError as e:
             raise Invalid(str(e)) from None
         plan = self._plan(filter)
         flow_count = self._session_row(self._db, session_id)[11]
         residual = combine(plan.residual, predicate)
-        where = _SESSION_FLOWS if plan.where == "1" else f"{_SESSION_FLOWS} AND {plan.where}"
+        where = _SESSION_FLOWS if plan.where == query.TRUE else f"{_SESSION_FLOWS} AND {plan.where}"
         params = (session_id, *plan.params)
         if residual is None:
             rows = self._db.execute(
@@ -658,7 +703,7 @@ class SQLiteStore:
                 (*params, limit, offset),
             ).fetchall()
             page = [summary_from_row(row) for row in rows]
-            if plan.where == "1":
+            if plan.where == query.TRUE:
                 total = flow_count
             elif 0 < len(rows) < limit or (not rows and offset == 0):
                 total = offset + len(rows)  # the page reached the end
@@ -859,7 +904,7 @@ class SQLiteStore:
         else:
             raise Invalid("filter must be a string")
         # Leave room for the statement's own parameters (session, paging).
-        return query.translate(tree, self._max_params - 8)
+        return query.translate(tree, DIALECT, self._max_params - 8)
 
     def _candidates(self, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[int, Flow]]:
         """Decode the flows whose ids ``sql`` selects, in its order, a chunk at a time.
@@ -878,7 +923,7 @@ class SQLiteStore:
                 yield flow_id, Flow.unpack(records[flow_id])
 
     def _scan(self, session_id: int, plan: query.Query) -> Iterator[tuple[int, Flow]]:
-        where = "" if plan.where == "1" else f" AND {plan.where}"
+        where = "" if plan.where == query.TRUE else f" AND {plan.where}"
         residual = plan.residual
         last_time, last_id = -math.inf, -1
         while True:
