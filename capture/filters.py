@@ -52,7 +52,7 @@ __all__ = [
 MAX_DEPTH = 100
 """Most parentheses and ``!`` that may be open at once in an expression."""
 
-_STR_REGEXES = ("m", "u", "d", "t", "tq", "ts", "src", "dst")
+_STR_REGEXES = ("m", "u", "d", "t", "tq", "ts", "src", "dst", "via")
 # Header and body filters search the captured bytes with a *bytes* pattern
 # compiled from the UTF-8 encoding of the regex: no per-call decode of large
 # bodies, and a non-ASCII literal (``~b "café"``) finds the UTF-8 text that
@@ -175,6 +175,9 @@ def _regex_matcher(name: str, search: Callable) -> Callable[[Flow], bool]:
         return lambda flow: search(f"{flow.client}:{flow.client_port}") is not None
     if name == "dst":
         return lambda flow: search(f"{flow.host}:{flow.port}") is not None
+    if name == "via":
+        # The appliance that captured the flow: the store knows it, a bare Flow does not.
+        return lambda flow: search(getattr(flow, "appliance", "")) is not None
 
     test = _message_matcher(name[0], search)
     side = name[1:]
@@ -204,7 +207,7 @@ def _message_matcher(family: str, search: Callable) -> Callable[[Message], bool]
 
 @dataclass(frozen=True, slots=True)
 class Regex(Filter):
-    """A regex filter: ``name`` is one of m u d h hq hs b bq bs t tq ts src dst.
+    """A regex filter: ``name`` is one of m u d h hq hs b bq bs t tq ts src dst via.
 
     ``pattern_text`` is the regex as written; it is compiled once, here,
     case-insensitively (``re.error`` for a bad one) and used with ``search``;

@@ -233,17 +233,35 @@ def appliance(make_appliance: Callable[..., Appliance]) -> Appliance:
 # -- store backends -----------------------------------------------------------------
 
 #: Every store backend the store test suite runs on.
-STORE_BACKENDS = ("sqlite",)
+STORE_BACKENDS = ("sqlite", "postgresql")
 
 
-def fresh_database(backend: str, directory: Path) -> str:
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the whole test run; skipped where none is installed."""
+    import pgcluster
+
+    reason = pgcluster.missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = pgcluster.Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def fresh_database(backend: str, directory: Path, request: pytest.FixtureRequest) -> str:
     """A new, empty database of ``backend``, as ``[store] database`` names it."""
     if backend == "sqlite":
         return str(directory / "db" / "capture.sqlite")
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres_cluster").create_database()
     raise ValueError(f"unknown store backend {backend!r}")
 
 
 @pytest.fixture(params=STORE_BACKENDS)
 def store_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh database for one test, once for each store backend."""
-    return fresh_database(request.param, tmp_path)
+    return fresh_database(request.param, tmp_path, request)

@@ -18,6 +18,7 @@ from capture.sessiond.store import Conflict, Invalid, NotFound, open_store
 from conftest import STORE_BACKENDS, fresh_database
 
 T0 = 1_700_000_000.0
+APPLIANCE = "lab-1"
 
 
 class FakeClock:
@@ -76,7 +77,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def store(store_database, clock):
-    s = open_store(store_database, clock=clock)
+    s = open_store(store_database, clock=clock, appliance=APPLIANCE)
     yield s
     s.close()
 
@@ -416,18 +417,18 @@ def test_list_flows_oldest_first_paged(store):
 
 
 def test_list_flows_summary_matches_flow_summary(store):
-    """Summaries built from columns equal Flow.summary() plus id, including None for no status and no error."""
+    """Summaries built from columns equal Flow.summary() plus id and appliance, including None for no status and no error."""
     sid = store.create_session("s")["id"]
     ok = make_flow(path="/ok?q=1")
     failed = make_flow(path="/failed", start=T0 + 1, status=0, error="connection refused")
     store.ingest("p", [(1, [sid], ok.pack()), (2, [sid], failed.pack())])
     flows, _ = store.list_flows(sid)
-    assert flows[0] == {"id": flows[0]["id"], **ok.summary()}
-    assert flows[1] == {"id": flows[1]["id"], **failed.summary()}
+    assert flows[0] == {"id": flows[0]["id"], **ok.summary(), "appliance": APPLIANCE}
+    assert flows[1] == {"id": flows[1]["id"], **failed.summary(), "appliance": APPLIANCE}
     assert flows[1]["status"] is None
     assert flows[0]["error"] is None
     assert flows[1]["error"] == "connection refused"
-    assert list(flows[0]) == ["id", *ok.summary()]
+    assert list(flows[0]) == ["id", *ok.summary(), "appliance"]
     # The predicate path gives the same shape.
     assert store.list_flows(sid, predicate=lambda f: True) == (flows, 2)
 
@@ -487,7 +488,7 @@ def test_list_flows_limits_inclusive(store):
 
 
 def test_get_flow_detail(store):
-    """get_flow returns id, session_ids and Flow.detail(), binary bodies as base64."""
+    """get_flow returns id, session_ids, Flow.detail() and the appliance, binary bodies as base64."""
     a = store.create_session("a")["id"]
     b = store.create_session("b")["id"]
     binary = bytes(range(256))
@@ -495,7 +496,7 @@ def test_get_flow_detail(store):
     store.ingest("p", [(1, [b, a], flow.pack())])
     flow_id = store.list_flows(a)[0][0]["id"]
     detail = store.get_flow(flow_id)
-    assert detail == {"id": flow_id, "session_ids": [a, b], **flow.detail()}
+    assert detail == {"id": flow_id, "session_ids": [a, b], **flow.detail(), "appliance": APPLIANCE}
     assert detail["response"]["body_encoding"] == "base64"
     assert base64.b64decode(detail["response"]["body"]) == binary
     assert detail["response"]["headers"] == [["Content-Type", "text/plain; charset=utf-8"]]
@@ -747,7 +748,7 @@ def large(request, tmp_path_factory):
     """One session of 100,000 flows (summaries only), and the flows themselves by id."""
     import random
 
-    s = open_store(fresh_database(request.param, tmp_path_factory.mktemp("large")))
+    s = open_store(fresh_database(request.param, tmp_path_factory.mktemp("large"), request))
     sid = s.create_session("large")["id"]
     rnd = random.Random(7)
     wires = [msgpack.packb(_large_wire(i, rnd), use_bin_type=True) for i in range(LARGE)]

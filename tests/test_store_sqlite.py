@@ -31,7 +31,7 @@ def test_schema_created_with_wal_and_version(tmp_path):
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 4
+        assert SCHEMA_VERSION == 5
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"sessions", "flows", "flow_records", "session_flows", "delivered", "schema_version",
                 "websockets", "websocket_messages"} <= tables
@@ -237,7 +237,9 @@ def test_migration_from_version_1(tmp_path):
     with Store(path) as s:
         flows, total = s.list_flows(1)
         assert total == 2
-        assert flows == [{"id": 1, **with_response.summary()}, {"id": 3, **without.summary()}]
+        # Flows from before version 4 name no appliance.
+        assert flows == [{"id": 1, **with_response.summary(), "appliance": None},
+                         {"id": 3, **without.summary(), "appliance": None}]
         assert s.get_flow(3)["error"] == "refused"
         assert [f["id"] for f in s.list_flows(1, filter="~s")[0]] == [1]
         assert [f["id"] for f in s.list_flows(1, filter="~q")[0]] == [3]

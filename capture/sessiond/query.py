@@ -72,6 +72,7 @@ _SEARCHED = {
     "dst": "(f.host || ':' || f.port)",
     "tq": "f.request_type",
     "ts": "f.response_type",
+    "via": "f.appliance",
 }
 _NULLABLE = frozenset({"f.request_type", "f.response_type"})
 

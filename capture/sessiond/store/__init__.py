@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from capture.config import is_postgresql_url
+
 from capture.sessiond.store.interface import (
     MAX_NAME,
     MAX_PAGE,
@@ -29,6 +31,17 @@ def open_store(
     database: str,
     clock: Callable[[], float] = time.time,
     pace: Callable[[], None] | None = None,
+    appliance: str = "",
 ) -> Store:
-    """The store ``database`` names: a file path opens SQLite."""
-    return SQLiteStore(database, clock=clock, pace=pace)
+    """The store ``database`` names (as ``[store] database`` validated it).
+
+    A postgresql:// URL opens the shared PostgreSQL backend (psycopg is
+    imported only then); anything else is a SQLite file.  ``appliance`` is
+    stamped on every flow ingested through this store.  ``pace`` is for
+    SQLite, which works in the reactor thread.
+    """
+    if is_postgresql_url(database):
+        from capture.sessiond.store.postgres import PostgresStore
+
+        return PostgresStore(database, clock=clock, appliance=appliance)
+    return SQLiteStore(database, clock=clock, pace=pace, appliance=appliance)

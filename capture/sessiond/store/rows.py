@@ -19,6 +19,15 @@ from capture.flow import Flow, iso_time, media_type
 from capture.sessiond.store.interface import MAX_NAME, Invalid
 
 INT64 = (-(2**63), 2**63 - 1)
+
+SESSION_COLUMNS = (
+    "id, name, state, created, updated, stopped, clients, filter,"
+    " capture_responses, cookies_enabled, cookie_domains, flow_count"
+)
+SUMMARY_COLUMNS = (
+    "f.id, f.time, f.client, f.method, f.scheme, f.host, f.port, f.path, f.url,"
+    " f.status, f.request_size, f.response_size, f.content_type, f.duration_ms, f.error, f.appliance"
+)
 # datetime can show years 1..9999; keep a day's margin either side.
 TIME_RANGE = (-62135596800.0 + 86400, 253402300800.0 - 86400)
 
@@ -182,9 +191,9 @@ def plain(*texts: str) -> int:
 
 
 def summary_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    """``Flow.summary()`` plus ``id``, from the columns without the blob."""
+    """``Flow.summary()`` plus ``id`` and ``appliance``, from the columns without the blob."""
     (flow_id, moment, client, method, scheme, host, port, path, url, status,
-     request_size, response_size, content_type, duration_ms, error) = row
+     request_size, response_size, content_type, duration_ms, error, appliance) = row
     return {
         "id": flow_id,
         "time": iso_time(moment),
@@ -201,5 +210,41 @@ def summary_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
         "content_type": content_type,
         "duration_ms": duration_ms,
         "error": error or None,
+        "appliance": appliance or None,
     }
 
+
+
+class _Captured:
+    """A flow together with the appliance that captured it, for filters that ask (``~via``).
+
+    Every other attribute is the flow's own.
+    """
+
+    __slots__ = ("_flow", "appliance")
+
+    def __init__(self, flow: Flow, appliance: str) -> None:
+        self._flow = flow
+        self.appliance = appliance
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._flow, name)
+
+
+def with_appliance(flow: Flow, appliance: str) -> Flow:
+    """``flow`` as a filter sees it when it may test which appliance captured it."""
+    return _Captured(flow, appliance)  # type: ignore[return-value]
+
+
+def uses_appliance(tree: filters.Filter | None) -> bool:
+    """Does the filter test the capturing appliance anywhere?"""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (filters.And, filters.Or)):
+            stack += (node.left, node.right)
+        elif isinstance(node, filters.Not):
+            stack.append(node.inner)
+        elif isinstance(node, filters.Regex) and node.name == "via":
+            return True
+    return False

@@ -62,6 +62,8 @@ from capture.sessiond.store.interface import (
 )
 from capture.sessiond.store.rows import (
     INT64,
+    SESSION_COLUMNS,
+    SUMMARY_COLUMNS,
     check_clients,
     check_cookies,
     check_name,
@@ -69,11 +71,14 @@ from capture.sessiond.store.rows import (
     derived_columns,
     flow_row,
     link_targets,
+    plain,
     session_dict,
     summary_from_row,
+    uses_appliance,
+    with_appliance,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 # How many rows a scan that decodes blobs fetches at a time; it restarts from
@@ -198,7 +203,7 @@ def _migrate_v2(db: sqlite3.Connection) -> None:
             flow = Flow.unpack(record)
             summaries.append((*row[:-1], *derived_columns(flow, flow.url)))
             records.append((row[0], record))
-        db.executemany(_INSERT_FLOW, summaries)
+        db.executemany(_INSERT_FLOW_V2, summaries)
         db.executemany(_INSERT_RECORD, records)
     db.execute("DROP TABLE flows_v1")
     for statement in _FLOW_INDEXES:
@@ -237,19 +242,11 @@ _MIGRATIONS: tuple[tuple[str, ...] | Callable[[sqlite3.Connection], None], ...] 
             PRIMARY KEY (flow_id, n)
         ) WITHOUT ROWID""",
     ),
+    # v5: which appliance captured each flow (``~via``); flows from before say none.
+    ("ALTER TABLE flows ADD COLUMN appliance TEXT NOT NULL DEFAULT ''",),
 )
 
-_SESSION_COLUMNS = (
-    "id, name, state, created, updated, stopped, clients, filter,"
-    " capture_responses, cookies_enabled, cookie_domains, flow_count"
-)
-
-_SUMMARY_COLUMNS = (
-    "f.id, f.time, f.client, f.method, f.scheme, f.host, f.port, f.path, f.url,"
-    " f.status, f.request_size, f.response_size, f.content_type, f.duration_ms, f.error"
-)
-
-_INSERT_FLOW = (
+_INSERT_FLOW_V2 = (
     "INSERT INTO flows (id, time, client, client_port, method, scheme, host, port,"
     " path, url, status, request_size, response_size, content_type, duration_ms,"
     " error, kind, has_response, request_type, response_type, plain)"
@@ -259,6 +256,12 @@ _UPDATE_FLOW = (
     "UPDATE flows SET time = ?, client = ?, client_port = ?, method = ?, scheme = ?, host = ?, port = ?,"
     " path = ?, url = ?, status = ?, request_size = ?, response_size = ?, content_type = ?, duration_ms = ?,"
     " error = ?, kind = ?, has_response = ?, request_type = ?, response_type = ?, plain = ? WHERE id = ?"
+)
+_INSERT_FLOW = (
+    "INSERT INTO flows (id, time, client, client_port, method, scheme, host, port,"
+    " path, url, status, request_size, response_size, content_type, duration_ms,"
+    " error, kind, has_response, request_type, response_type, plain, appliance)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_RECORD = "INSERT INTO flow_records (id, record) VALUES (?, ?)"
 _INSERT_OPENED = "INSERT INTO websockets (flow_id, instance, open_seq) VALUES (?, ?, ?)"
@@ -348,8 +351,12 @@ class SQLiteStore:
         path: str,
         clock: Callable[[], float] = time.time,
         pace: Callable[[], None] | None = None,
+        appliance: str = "",
     ) -> None:
         self._clock = clock
+        # Stamped on every flow ingested here: which appliance captured it.
+        self._appliance = appliance
+        self._appliance_plain = plain(appliance)
         # Called between small pieces of work (a flow, a decoded row, SQLite steps): see capture.sessiond.pacing.
         self._pace = pace or Pacer()
         #: Flows dropped by :meth:`ingest` because they could not be decoded.
@@ -426,13 +433,13 @@ class SQLiteStore:
         return session_dict(self._session_row(self._db, session_id))
 
     def list_sessions(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions ORDER BY id")
+        rows = self._db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY id")
         return [session_dict(row) for row in rows]
 
     def capturing_sessions(self) -> list[dict[str, Any]]:
         """The sessions whose rules the proxy must apply."""
         rows = self._db.execute(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE state = 'capturing' ORDER BY id"
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE state = 'capturing' ORDER BY id"
         )
         return [session_dict(row) for row in rows]
 
@@ -560,7 +567,9 @@ class SQLiteStore:
                 if not targets:
                     continue
                 next_id += 1
-                flow_rows.append((next_id, *columns))
+                if not self._appliance_plain:
+                    columns = (*columns[:-1], 0)
+                flow_rows.append((next_id, *columns, self._appliance))
                 records.append((next_id, record))
                 for session_id in targets:
                     links.append((session_id, flow.start, next_id))
@@ -699,7 +708,7 @@ class SQLiteStore:
         params = (session_id, *plan.params)
         if residual is None:
             rows = self._db.execute(
-                f"SELECT {_SUMMARY_COLUMNS} {where} ORDER BY {ordering} LIMIT ? OFFSET ?",
+                f"SELECT {SUMMARY_COLUMNS} {where} ORDER BY {ordering} LIMIT ? OFFSET ?",
                 (*params, limit, offset),
             ).fetchall()
             page = [summary_from_row(row) for row in rows]
@@ -712,11 +721,12 @@ class SQLiteStore:
             return page, total
         page = []
         total = 0
-        for flow_id, flow in self._candidates(f"SELECT f.id {where} ORDER BY {ordering}", params):
-            if not residual(flow):
+        via = uses_appliance(plan.residual)
+        for flow_id, appliance, flow in self._candidates(f"SELECT f.id {where} ORDER BY {ordering}", params):
+            if not residual(with_appliance(flow, appliance) if via else flow):
                 continue
             if offset <= total < offset + limit:
-                page.append({"id": flow_id, **flow.summary()})
+                page.append({"id": flow_id, **flow.summary(), "appliance": appliance or None})
             total += 1
         return page, total
 
@@ -769,7 +779,9 @@ class SQLiteStore:
         """The full flow, with the sessions it belongs to."""
         if type(flow_id) is not int:
             raise Invalid("flow id must be an integer")
-        row = self._db.execute("SELECT record FROM flow_records WHERE id = ?", (flow_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT r.record, f.appliance FROM flow_records r JOIN flows f ON f.id = r.id WHERE r.id = ?", (flow_id,)
+        ).fetchone()
         if row is None:
             raise NotFound(f"no flow {flow_id}")
         session_ids = [
@@ -779,7 +791,7 @@ class SQLiteStore:
             )
         ]
         flow = Flow.unpack(row[0])
-        detail = {"id": flow_id, "session_ids": session_ids, **flow.detail()}
+        detail = {"id": flow_id, "session_ids": session_ids, **flow.detail(), "appliance": row[1] or None}
         grpc = grpc_section(flow)
         if grpc is not None:
             detail["grpc"] = grpc
@@ -851,7 +863,7 @@ class SQLiteStore:
     def _session_row(self, db: sqlite3.Connection, session_id: int) -> tuple[Any, ...]:
         if type(session_id) is not int:
             raise Invalid("session id must be an integer")
-        row = db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        row = db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             raise NotFound(f"no session {session_id}")
         return row
@@ -906,7 +918,7 @@ class SQLiteStore:
         # Leave room for the statement's own parameters (session, paging).
         return query.translate(tree, DIALECT, self._max_params - 8)
 
-    def _candidates(self, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[int, Flow]]:
+    def _candidates(self, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[int, str, Flow]]:
         """Decode the flows whose ids ``sql`` selects, in its order, a chunk at a time.
 
         The sort (if any) handles ids only; records are fetched per chunk,
@@ -915,35 +927,40 @@ class SQLiteStore:
         cursor = self._db.execute(sql, params)
         while chunk := [flow_id for (flow_id,) in cursor.fetchmany(_SCAN_CHUNK)]:
             marks = ", ".join("?" * len(chunk))
-            records = dict(
-                self._db.execute(f"SELECT id, record FROM flow_records WHERE id IN ({marks})", chunk)
-            )
+            records = {
+                flow_id: (appliance, record)
+                for flow_id, appliance, record in self._db.execute(
+                    "SELECT r.id, f.appliance, r.record FROM flow_records r JOIN flows f ON f.id = r.id"
+                    f" WHERE r.id IN ({marks})",
+                    chunk,
+                )
+            }
             for flow_id in chunk:
                 self._pace()
-                yield flow_id, Flow.unpack(records[flow_id])
+                appliance, record = records[flow_id]
+                yield flow_id, appliance, Flow.unpack(record)
 
     def _scan(self, session_id: int, plan: query.Query) -> Iterator[tuple[int, Flow]]:
         where = "" if plan.where == query.TRUE else f" AND {plan.where}"
         residual = plan.residual
+        via = uses_appliance(residual)
         last_time, last_id = -math.inf, -1
         while True:
             rows = self._db.execute(
-                "SELECT sf.time, f.id, r.record FROM session_flows sf"
+                "SELECT sf.time, f.id, f.appliance, r.record FROM session_flows sf"
                 " JOIN flows f ON f.id = sf.flow_id JOIN flow_records r ON r.id = sf.flow_id"
                 f" WHERE sf.session_id = ? AND (sf.time, sf.flow_id) > (?, ?){where}"
                 " ORDER BY sf.time, sf.flow_id LIMIT ?",
                 (session_id, last_time, last_id, *plan.params, _SCAN_CHUNK),
             ).fetchall()
-            for _, flow_id, record in rows:
+            for _, flow_id, appliance, record in rows:
                 self._pace()
                 flow = Flow.unpack(record)
-                if residual is None or residual(flow):
+                if residual is None or residual(with_appliance(flow, appliance) if via else flow):
                     yield flow_id, flow
             if len(rows) < _SCAN_CHUNK:
                 return
             last_time, last_id = rows[-1][0], rows[-1][1]
-
-
 
 
 def _prepare_file(path: str) -> None:

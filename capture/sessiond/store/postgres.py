@@ -1,0 +1,798 @@
+"""The shared store backend: sessions and flows in PostgreSQL, for several appliances at once.
+
+Each appliance's session manager opens one of these on the same database.
+Sessions live in the database, so a session made, changed or deleted
+through any appliance is the same on all; every change sends a
+``NOTIFY capture_sessions`` in its own transaction, and the listener thread
+here tells the session manager, which pushes fresh rules to its proxies.
+
+Exactly once: a flow is unique by ``(instance, seq)``, the proxy instance
+that captured it and its number there.  A batch is copied (``COPY``) into a
+temporary table and moved with ``INSERT ... SELECT ... ON CONFLICT DO
+NOTHING`` in one transaction with its session links, counts and the
+instance's delivery mark, so a resend, a crash or a second session manager
+replaying the same spill file can never store a flow twice.
+
+Blocking: psycopg's synchronous API.  The session manager calls this store
+from one dedicated thread (:attr:`blocking` says so), never its reactor;
+the listener has a thread and a connection of its own.  When the database
+cannot be reached every call fails at once with :class:`Unavailable` naming
+the cause, and the store reconnects by itself: the proxies keep their flows
+queued (and spilled) until ingest succeeds again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from capture import filters
+from capture.flow import Flow, iso_time
+from capture.sessiond import query
+from capture.sessiond.store.interface import (
+    MAX_PAGE,
+    BatchItem,
+    Conflict,
+    Invalid,
+    NotFound,
+    OnStored,
+    StoreError,
+    Unavailable,
+)
+from capture.sessiond.store.rows import (
+    INT64,
+    SESSION_COLUMNS,
+    SUMMARY_COLUMNS,
+    check_clients,
+    check_cookies,
+    check_name,
+    combine,
+    flow_row,
+    link_targets,
+    plain,
+    session_dict,
+    summary_from_row,
+    uses_appliance,
+    with_appliance,
+)
+
+SCHEMA_VERSION = 1
+CHANNEL = "capture_sessions"
+
+# How often a failed connection is tried again, and how long one attempt may take.
+RETRY_INTERVAL = 1.0
+CONNECT_TIMEOUT = 5
+# The listener's check that its connection still works, between waits for notifications.
+HEARTBEAT = 2.0
+_SCAN_CHUNK = 500
+# Any 64-bit key, the same on every appliance: only one migrates at a time.
+_MIGRATION_LOCK = 0x63617074757265
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE sessions (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name text NOT NULL,
+            state text NOT NULL,
+            created double precision NOT NULL,
+            updated double precision NOT NULL,
+            stopped double precision,
+            clients text NOT NULL,
+            filter text NOT NULL,
+            capture_responses boolean NOT NULL,
+            cookies_enabled boolean NOT NULL,
+            cookie_domains text NOT NULL,
+            flow_count bigint NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX sessions_state ON sessions (state)",
+        # An identity is never reused, so a stale flow id never names another flow.
+        """CREATE TABLE flows (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            instance text NOT NULL,
+            seq bigint NOT NULL,
+            appliance text NOT NULL,
+            time double precision NOT NULL,
+            client text NOT NULL,
+            client_port bigint NOT NULL,
+            method text NOT NULL,
+            scheme text NOT NULL,
+            host text NOT NULL,
+            port bigint NOT NULL,
+            path text NOT NULL,
+            url text NOT NULL,
+            status bigint NOT NULL,
+            request_size bigint NOT NULL,
+            response_size bigint NOT NULL,
+            content_type text NOT NULL,
+            duration_ms double precision,
+            error text NOT NULL,
+            kind text NOT NULL,
+            has_response smallint NOT NULL,
+            request_type text,
+            response_type text,
+            plain smallint NOT NULL,
+            asset boolean NOT NULL,
+            UNIQUE (instance, seq)
+        )""",
+        "CREATE INDEX flows_time ON flows (time)",
+        "CREATE TABLE flow_records (id bigint PRIMARY KEY, record bytea NOT NULL)",
+        """CREATE TABLE session_flows (
+            session_id bigint NOT NULL,
+            time double precision NOT NULL,
+            flow_id bigint NOT NULL,
+            PRIMARY KEY (session_id, time, flow_id)
+        )""",
+        "CREATE INDEX session_flows_flow ON session_flows (flow_id)",
+        "CREATE TABLE delivered (instance text PRIMARY KEY, last_seq bigint NOT NULL)",
+    ),
+)
+
+# The columns a batch is copied into, per connection; emptied by each commit.
+_INCOMING = """CREATE TEMPORARY TABLE IF NOT EXISTS incoming (
+    seq bigint, sessions bigint[], time double precision, client text, client_port bigint,
+    method text, scheme text, host text, port bigint, path text, url text, status bigint,
+    request_size bigint, response_size bigint, content_type text, duration_ms double precision,
+    error text, kind text, has_response smallint, request_type text, response_type text,
+    plain smallint, asset boolean, record bytea
+) ON COMMIT DELETE ROWS"""
+_GONE = "CREATE TEMPORARY TABLE IF NOT EXISTS gone (flow_id bigint PRIMARY KEY) ON COMMIT DELETE ROWS"
+_FLOW_COLUMNS = (
+    "time, client, client_port, method, scheme, host, port, path, url, status, request_size,"
+    " response_size, content_type, duration_ms, error, kind, has_response, request_type,"
+    " response_type, plain, asset"
+)
+_COPY = f"COPY incoming (seq, sessions, {_FLOW_COLUMNS}, record) FROM STDIN"
+# One statement: the new flows (a resent one conflicts and is skipped), their
+# records, their links to existing sessions and the sessions' counts.
+_MOVE = f"""WITH new AS (
+    INSERT INTO flows (instance, seq, appliance, {_FLOW_COLUMNS})
+    SELECT %(instance)s, seq, %(appliance)s, {_FLOW_COLUMNS} FROM incoming ORDER BY seq
+    ON CONFLICT (instance, seq) DO NOTHING
+    RETURNING id, seq, time
+), records AS (
+    INSERT INTO flow_records (id, record) SELECT new.id, i.record FROM new JOIN incoming i USING (seq)
+), links AS (
+    INSERT INTO session_flows (session_id, time, flow_id)
+    SELECT s.id, new.time, new.id FROM new JOIN incoming i USING (seq) CROSS JOIN LATERAL unnest(i.sessions) AS s(id)
+    RETURNING session_id
+), counts AS (
+    UPDATE sessions SET flow_count = flow_count + c.n
+    FROM (SELECT session_id, count(*) AS n FROM links GROUP BY session_id) c WHERE sessions.id = c.session_id
+)
+SELECT id, seq FROM new"""
+
+_SESSION_FLOWS = "FROM session_flows sf JOIN flows f ON f.id = sf.flow_id WHERE sf.session_id = %s"
+_STATUS_CLASS = (
+    "CASE WHEN f.status BETWEEN 100 AND 599 THEN (f.status / 100) || 'xx'"
+    " WHEN f.status != 0 THEN 'other'"
+    " WHEN f.error != '' THEN 'error'"
+    " ELSE 'none' END"
+)
+_STAT_GROUPS = {
+    "by_method": "f.method",
+    "by_host": "lower(f.host)",
+    "by_status_class": _STATUS_CLASS,
+    "by_content_type": "lower(f.content_type)",
+    "by_client": "f.client",
+}
+
+DIALECT = query.Dialect(
+    param="%s",
+    contains="strpos(lower({column}), {param}) > 0",
+    like="{column} ILIKE {param} ESCAPE '\\'",
+    # No Python in the server: a real regex runs on the decoded flow.
+    search=None,
+    asset="f.asset",
+    nulls=True,
+)
+_ASSET = filters.Flag("a")
+# PostgreSQL's limit on one statement's parameters.
+_MAX_PARAMS = 65535
+
+
+class PostgresStore:
+    """Sessions and flows in a PostgreSQL database that several appliances share.
+
+    ``appliance`` is the identity stamped on every flow this store ingests.
+    Calls must come one at a time from one thread; :meth:`watch` starts the
+    listener thread, whose callback runs in that thread.
+    """
+
+    #: Calls wait on the network: run them off the reactor thread.
+    blocking = True
+
+    def __init__(
+        self,
+        url: str,
+        clock: Callable[[], float] = time.time,
+        appliance: str = "",
+        connect_timeout: int = CONNECT_TIMEOUT,
+    ) -> None:
+        self._url = url
+        self._clock = clock
+        self._appliance = appliance
+        self._appliance_plain = plain(appliance)
+        self._connect_timeout = connect_timeout
+        self.rejected = 0
+        self._conn: psycopg.Connection | None = None
+        self._last_attempt = -math.inf
+        self._lock = threading.Lock()  # guards the health fields, read from any thread
+        self._reachable: bool | None = None
+        self._error = ""
+        self._since = clock()
+        self._closing = threading.Event()
+        self._listener: threading.Thread | None = None
+        try:
+            self._connection()
+        except Unavailable:
+            pass  # the appliance starts anyway; calls fail until the database answers
+
+    # health and notifications -----------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Backend, whether the database answers, why not, and since when."""
+        with self._lock:
+            return {
+                "backend": "postgresql",
+                "url": _safe_url(self._url),
+                "reachable": bool(self._reachable),
+                "error": None if self._reachable else (self._error or "not connected yet"),
+                "since": iso_time(self._since),
+            }
+
+    def watch(self, callback: Callable[[str], None]) -> None:
+        """Start the listener: ``callback("sessions")`` when a session changes anywhere,
+        ``callback("health")`` when the database goes away or comes back (then re-read
+        everything: notifications sent while disconnected are lost)."""
+        if self._listener is not None:
+            return
+        self._listener = threading.Thread(target=self._listen, args=(callback,), name="store-listener", daemon=True)
+        self._listener.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._listener is not None:
+            self._listener.join(timeout=HEARTBEAT + self._connect_timeout + 1)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # sessions -------------------------------------------------------------
+
+    def create_session(
+        self,
+        name: str,
+        clients: Iterable[str] = (),
+        filter: str = "",
+        capture_responses: bool = True,
+        cookies: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Start a new session, capturing at once; Invalid for a bad field."""
+        name = check_name(name)
+        client_list = check_clients(clients)
+        if not isinstance(filter, str):
+            raise Invalid("filter must be a string")
+        if "\x00" in filter:
+            raise Invalid("filter must not contain NUL characters")
+        if "\x00" in name:
+            raise Invalid("name must not contain NUL characters")
+        if not isinstance(capture_responses, bool):
+            raise Invalid("capture_responses must be true or false")
+        enabled, domains = check_cookies(cookies)
+        now = self._clock()
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO sessions (name, state, created, updated, stopped, clients, filter,"
+                " capture_responses, cookies_enabled, cookie_domains, flow_count)"
+                f" VALUES (%s, 'capturing', %s, %s, NULL, %s, %s, %s, %s, %s, 0) RETURNING {SESSION_COLUMNS}",
+                (name, now, now, json.dumps(client_list), filter, capture_responses, enabled, json.dumps(domains)),
+            )
+            row = cur.fetchone()
+            self._notify(cur, row[0])
+        return session_dict(row)
+
+    def get_session(self, session_id: int) -> dict[str, Any]:
+        with self._read() as cur:
+            return session_dict(self._session_row(cur, session_id))
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        with self._read() as cur:
+            cur.execute(f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY id")
+            return [session_dict(row) for row in cur.fetchall()]
+
+    def capturing_sessions(self) -> list[dict[str, Any]]:
+        with self._read() as cur:
+            cur.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE state = 'capturing' ORDER BY id")
+            return [session_dict(row) for row in cur.fetchall()]
+
+    def pause(self, session_id: int) -> dict[str, Any]:
+        return self._transition(session_id, ("capturing",), "paused", "pause")
+
+    def resume(self, session_id: int) -> dict[str, Any]:
+        return self._transition(session_id, ("paused",), "capturing", "resume")
+
+    def stop(self, session_id: int) -> dict[str, Any]:
+        return self._transition(session_id, ("capturing", "paused"), "stopped", "stop")
+
+    def clear(self, session_id: int) -> dict[str, Any]:
+        with self._write() as cur:
+            row = self._session_row(cur, session_id, lock=True)
+            if row[2] == "stopped":
+                raise Conflict(f"session {session_id} is stopped; it can no longer be cleared")
+            self._unlink(cur, session_id)
+            cur.execute(
+                f"UPDATE sessions SET flow_count = 0, updated = %s WHERE id = %s RETURNING {SESSION_COLUMNS}",
+                (self._clock(), session_id),
+            )
+            row = cur.fetchone()
+            self._notify(cur, session_id)
+        return session_dict(row)
+
+    def delete(self, session_id: int) -> None:
+        with self._write() as cur:
+            self._session_row(cur, session_id, lock=True)
+            self._unlink(cur, session_id)
+            cur.execute("DELETE FROM sessions WHERE id = %s", (session_id,))
+            self._notify(cur, session_id)
+
+    def idle_sessions(self, before: float) -> list[int]:
+        """Sessions with no change and no flow since ``before`` (seconds since the epoch)."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT s.id FROM sessions s WHERE s.updated < %s AND NOT EXISTS"
+                " (SELECT 1 FROM session_flows sf WHERE sf.session_id = s.id AND sf.time >= %s) ORDER BY s.id",
+                (before, before),
+            )
+            return [session_id for (session_id,) in cur.fetchall()]
+
+    # flows ----------------------------------------------------------------
+
+    def ingest(self, instance: str, batch: Sequence[BatchItem], on_stored: OnStored | None = None) -> int:
+        """Store a batch from one proxy instance, each flow once however often it comes."""
+        if not isinstance(instance, str) or not instance or "\x00" in instance:
+            raise Invalid("instance must be a non-empty string")
+        if not isinstance(batch, (list, tuple)):
+            raise Invalid("batch must be a list")
+        rejected = 0
+        stored: list[tuple[int, list[int], Flow]] = []
+        with self._write() as cur:
+            cur.execute("SELECT last_seq FROM delivered WHERE instance = %s", (instance,))
+            row = cur.fetchone()
+            first_mark = mark = row[0] if row else 0
+            named = {sid for item in batch if isinstance(item, (list, tuple)) and len(item) == 3
+                     and isinstance(item[1], (list, tuple)) for sid in item[1] if type(sid) is int
+                     and INT64[0] <= sid <= INT64[1]}
+            # Locked in id order: a session deleted or cleared elsewhere waits for this batch.
+            cur.execute("SELECT id FROM sessions WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", (sorted(named),))
+            existing = {session_id for (session_id,) in cur.fetchall()}
+            rows: list[tuple[Any, ...]] = []
+            kept: dict[int, tuple[list[int], Flow]] = {}
+            for item in batch:
+                try:
+                    seq, session_ids, record = item
+                except (TypeError, ValueError):
+                    rejected += 1
+                    continue
+                if type(seq) is not int or not INT64[0] <= seq <= INT64[1]:
+                    rejected += 1
+                    continue
+                if seq <= mark:
+                    continue
+                mark = seq
+                try:
+                    targets = link_targets(session_ids, existing)
+                    flow = Flow.unpack(record)
+                    columns = _pg_columns(flow_row(flow), self._appliance_plain)
+                except Exception:
+                    rejected += 1
+                    continue
+                if not targets:
+                    continue
+                rows.append((seq, targets, *columns, _ASSET(flow), record))
+                kept[seq] = (targets, flow)
+            if rows:
+                with cur.copy(_COPY) as copy:
+                    for copied in rows:
+                        copy.write_row(copied)
+                cur.execute(_MOVE, {"instance": instance, "appliance": self._appliance})
+                for flow_id, seq in cur.fetchall():
+                    targets, flow = kept[seq]
+                    stored.append((flow_id, targets, flow))
+            if mark != first_mark:
+                cur.execute(
+                    "INSERT INTO delivered (instance, last_seq) VALUES (%s, %s) ON CONFLICT (instance)"
+                    " DO UPDATE SET last_seq = greatest(delivered.last_seq, excluded.last_seq)",
+                    (instance, mark),
+                )
+        self.rejected += rejected
+        if on_stored is not None:
+            for flow_id, session_ids, flow in sorted(stored, key=lambda entry: entry[0]):
+                on_stored(flow_id, session_ids, flow)
+        return mark
+
+    def last_seq(self, instance: str) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT last_seq FROM delivered WHERE instance = %s", (instance,))
+            row = cur.fetchone()
+            return row[0] if row else 0
+
+    def list_flows(
+        self,
+        session_id: int,
+        limit: int = 100,
+        offset: int = 0,
+        filter: str | filters.Filter = "",
+        sort: str = "time",
+        order: str = "asc",
+        predicate: Callable[[Flow], bool] | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
+        if type(offset) is not int or not 0 <= offset <= INT64[1]:
+            raise Invalid("offset must be a non-negative integer")
+        try:
+            ordering = query.order_by(sort, order, DIALECT)
+        except query.QueryError as e:
+            raise Invalid(str(e)) from None
+        plan = _plan(filter)
+        residual = combine(plan.residual, predicate)
+        where = _SESSION_FLOWS if plan.where == query.TRUE else f"{_SESSION_FLOWS} AND {plan.where}"
+        params = (session_id, *plan.params)
+        with self._read() as cur:
+            flow_count = self._session_row(cur, session_id)[11]
+            if residual is None:
+                cur.execute(
+                    f"SELECT {SUMMARY_COLUMNS} {where} ORDER BY {ordering} LIMIT %s OFFSET %s",
+                    (*params, limit, offset),
+                )
+                rows = cur.fetchall()
+                page = [summary_from_row(row) for row in rows]
+                if plan.where == query.TRUE:
+                    total = flow_count
+                elif 0 < len(rows) < limit or (not rows and offset == 0):
+                    total = offset + len(rows)
+                else:
+                    cur.execute(f"SELECT count(*) {where}", params)
+                    total = cur.fetchone()[0]
+                return page, total
+            page = []
+            total = 0
+            via = uses_appliance(plan.residual)
+            for flow_id, appliance, flow in self._candidates(cur, f"SELECT f.id {where} ORDER BY {ordering}", params):
+                if not residual(with_appliance(flow, appliance) if via else flow):
+                    continue
+                if offset <= total < offset + limit:
+                    page.append({"id": flow_id, **flow.summary(), "appliance": appliance or None})
+                total += 1
+            return page, total
+
+    def iter_flows(self, session_id: int, filter: str | filters.Filter = "") -> Iterator[tuple[int, Flow]]:
+        plan = _plan(filter)
+        self.get_session(session_id)
+        return self._scan(session_id, plan)
+
+    def stats(self, session_id: int) -> dict[str, Any]:
+        with self._read() as cur:
+            self._session_row(cur, session_id)
+            cur.execute(
+                "SELECT count(*), coalesce(sum(f.request_size), 0), coalesce(sum(f.response_size), 0),"
+                f" min(sf.time), max(sf.time), coalesce(sum(f.duration_ms), 0) {_SESSION_FLOWS}",
+                (session_id,),
+            )
+            count, request_bytes, response_bytes, first, last, duration = cur.fetchone()
+            result: dict[str, Any] = {
+                "session_id": session_id,
+                "flows": count,
+                "request_bytes": int(request_bytes),
+                "response_bytes": int(response_bytes),
+                "first": None if first is None else iso_time(first),
+                "last": None if last is None else iso_time(last),
+                "duration_ms": round(float(duration), 3),
+                "span_ms": None if first is None else round((last - first) * 1000.0, 3),
+            }
+            for name, key in _STAT_GROUPS.items():
+                cur.execute(
+                    f"SELECT {key} AS key, count(*) AS n, coalesce(sum(f.request_size), 0),"
+                    f" coalesce(sum(f.response_size), 0) {_SESSION_FLOWS}"
+                    f' GROUP BY 1 ORDER BY 2 DESC, ({key}) COLLATE "C"',
+                    (session_id,),
+                )
+                result[name] = [
+                    {"key": key, "count": n, "request_bytes": int(sent), "response_bytes": int(received)}
+                    for key, n, sent, received in cur.fetchall()
+                ]
+        return result
+
+    def get_flow(self, flow_id: int) -> dict[str, Any]:
+        if type(flow_id) is not int:
+            raise Invalid("flow id must be an integer")
+        with self._read() as cur:
+            appliance, flow = self._load(cur, flow_id)
+            cur.execute("SELECT session_id FROM session_flows WHERE flow_id = %s ORDER BY session_id", (flow_id,))
+            session_ids = [session_id for (session_id,) in cur.fetchall()]
+        return {"id": flow_id, "session_ids": session_ids, **flow.detail(), "appliance": appliance or None}
+
+    def load_flow(self, flow_id: int) -> Flow:
+        if type(flow_id) is not int:
+            raise Invalid("flow id must be an integer")
+        with self._read() as cur:
+            return self._load(cur, flow_id)[1]
+
+    # connection -------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection:
+        """The writer's connection, made (and the schema brought up to date) when there is none.
+
+        While the database is away, a new attempt is made at most every
+        RETRY_INTERVAL; calls in between fail at once.
+        """
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        now = time.monotonic()
+        if now - self._last_attempt < RETRY_INTERVAL and self._reachable is False:
+            raise Unavailable(f"database unreachable: {self._error}")
+        self._last_attempt = now
+        try:
+            conn = _connect(self._url, self._connect_timeout)
+            try:
+                _migrate(conn)
+                conn.execute(_INCOMING)
+                conn.execute(_GONE)
+            except BaseException:
+                conn.close()
+                raise
+        except psycopg.OperationalError as e:
+            self._set_health(False, _reason(e))
+            raise Unavailable(f"database unreachable: {_reason(e)}") from None
+        except psycopg.Error as e:
+            self._set_health(False, _reason(e))
+            raise StoreError(f"database refused the schema: {_reason(e)}") from None
+        self._conn = conn
+        self._set_health(True, "")
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[psycopg.Cursor]:
+        """One transaction; Unavailable (and a new connection next time) when the database goes away."""
+        conn = self._connection()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            self._lost(e)
+            raise Unavailable(f"database unreachable: {_reason(e)}") from None
+        except psycopg.errors.SerializationFailure as e:
+            raise Unavailable(f"database busy, try again: {_reason(e)}") from None
+        except psycopg.Error as e:
+            raise StoreError(f"database error: {_reason(e)}") from None
+
+    _read = _write
+
+    def _lost(self, error: BaseException) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._set_health(False, _reason(error))
+
+    def _set_health(self, reachable: bool, error: str) -> None:
+        with self._lock:
+            if reachable != self._reachable:
+                self._since = self._clock()
+            self._reachable = reachable
+            self._error = error
+
+    def _listen(self, callback: Callable[[str], None]) -> None:
+        """The listener thread: LISTEN, hand notifications on, reconnect after a loss."""
+        while not self._closing.is_set():
+            try:
+                conn = _connect(self._url, self._connect_timeout, autocommit=True)
+            except psycopg.Error as e:
+                self._report(callback, False, _reason(e))
+                self._closing.wait(RETRY_INTERVAL)
+                continue
+            try:
+                with conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._report(callback, True, "")
+                    callback("sessions")  # what changed while nobody listened
+                    while not self._closing.is_set():
+                        changed = False
+                        for _ in conn.notifies(timeout=HEARTBEAT):
+                            changed = True
+                        if changed:
+                            callback("sessions")
+                        conn.execute("SELECT 1")
+            except psycopg.Error as e:
+                self._report(callback, False, _reason(e))
+                self._closing.wait(RETRY_INTERVAL)
+
+    def _report(self, callback: Callable[[str], None], reachable: bool, error: str) -> None:
+        """Note what the listener found; tell the session manager when reachability changed."""
+        with self._lock:
+            was = self._reachable
+        self._set_health(reachable, error)
+        if was != reachable:
+            callback("health")
+
+    # internals ------------------------------------------------------------
+
+    def _notify(self, cur: psycopg.Cursor, session_id: int) -> None:
+        cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(session_id)))
+
+    def _session_row(self, cur: psycopg.Cursor, session_id: int, lock: bool = False) -> tuple[Any, ...]:
+        if type(session_id) is not int:
+            raise Invalid("session id must be an integer")
+        if not INT64[0] <= session_id <= INT64[1]:
+            raise NotFound(f"no session {session_id}")
+        cur.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = %s{' FOR UPDATE' if lock else ''}",
+                    (session_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"no session {session_id}")
+        return row
+
+    def _transition(self, session_id: int, allowed: tuple[str, ...], target: str, verb: str) -> dict[str, Any]:
+        with self._write() as cur:
+            state = self._session_row(cur, session_id, lock=True)[2]
+            if state not in allowed:
+                raise Conflict(
+                    f"session {session_id} is {state}; only a {' or '.join(allowed)} session can {verb}"
+                )
+            now = self._clock()
+            cur.execute(
+                f"UPDATE sessions SET state = %s, updated = %s, stopped = %s WHERE id = %s RETURNING {SESSION_COLUMNS}",
+                (target, now, now if target == "stopped" else None, session_id),
+            )
+            row = cur.fetchone()
+            self._notify(cur, session_id)
+        return session_dict(row)
+
+    def _unlink(self, cur: psycopg.Cursor, session_id: int) -> None:
+        """Remove a session's links, then the flows no other session holds."""
+        cur.execute("INSERT INTO gone (flow_id) SELECT flow_id FROM session_flows WHERE session_id = %s"
+                    " ON CONFLICT DO NOTHING", (session_id,))
+        cur.execute("DELETE FROM session_flows WHERE session_id = %s", (session_id,))
+        cur.execute("DELETE FROM gone g WHERE EXISTS (SELECT 1 FROM session_flows sf WHERE sf.flow_id = g.flow_id)")
+        cur.execute("DELETE FROM flow_records WHERE id IN (SELECT flow_id FROM gone)")
+        cur.execute("DELETE FROM flows WHERE id IN (SELECT flow_id FROM gone)")
+
+    def _load(self, cur: psycopg.Cursor, flow_id: int) -> tuple[str, Flow]:
+        if not INT64[0] <= flow_id <= INT64[1]:
+            raise NotFound(f"no flow {flow_id}")
+        cur.execute("SELECT f.appliance, r.record FROM flows f JOIN flow_records r ON r.id = f.id WHERE f.id = %s",
+                    (flow_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"no flow {flow_id}")
+        return row[0], Flow.unpack(bytes(row[1]))
+
+    def _candidates(self, cur: psycopg.Cursor, statement: str, params: tuple[Any, ...]) -> Iterator[tuple[int, str, Flow]]:
+        """Decode the flows whose ids ``statement`` selects, in its order, a chunk at a time."""
+        cur.execute(statement, params)
+        ids = [flow_id for (flow_id,) in cur.fetchall()]
+        for start in range(0, len(ids), _SCAN_CHUNK):
+            chunk = ids[start : start + _SCAN_CHUNK]
+            cur.execute("SELECT f.id, f.appliance, r.record FROM flows f JOIN flow_records r ON r.id = f.id"
+                        " WHERE f.id = ANY(%s)", (chunk,))
+            records = {flow_id: (appliance, record) for flow_id, appliance, record in cur.fetchall()}
+            for flow_id in chunk:
+                appliance, record = records[flow_id]
+                yield flow_id, appliance, Flow.unpack(bytes(record))
+
+    def _scan(self, session_id: int, plan: query.Query) -> Iterator[tuple[int, Flow]]:
+        """Chunks keyed on the last row seen: each chunk is its own short read."""
+        where = "" if plan.where == query.TRUE else f" AND {plan.where}"
+        residual = plan.residual
+        via = uses_appliance(residual)
+        last_time, last_id = -math.inf, -1
+        while True:
+            with self._read() as cur:
+                cur.execute(
+                    "SELECT sf.time, f.id, f.appliance, r.record FROM session_flows sf"
+                    " JOIN flows f ON f.id = sf.flow_id JOIN flow_records r ON r.id = sf.flow_id"
+                    f" WHERE sf.session_id = %s AND (sf.time, sf.flow_id) > (%s, %s){where}"
+                    " ORDER BY sf.time, sf.flow_id LIMIT %s",
+                    (session_id, last_time, last_id, *plan.params, _SCAN_CHUNK),
+                )
+                rows = cur.fetchall()
+            for _, flow_id, appliance, record in rows:
+                flow = Flow.unpack(bytes(record))
+                if residual is None or residual(with_appliance(flow, appliance) if via else flow):
+                    yield flow_id, flow
+            if len(rows) < _SCAN_CHUNK:
+                return
+            last_time, last_id = rows[-1][0], rows[-1][1]
+
+
+def _connect(url: str, timeout: int, autocommit: bool = True) -> psycopg.Connection:
+    # Keepalives: a database host that vanishes without a word is noticed in seconds.
+    return psycopg.connect(
+        url, autocommit=autocommit, connect_timeout=timeout, application_name="capture sessiond",
+        keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
+    )
+
+
+def _migrate(conn: psycopg.Connection) -> None:
+    """Bring the schema to SCHEMA_VERSION under an advisory lock; refuse a newer one."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
+        version = 0
+        if exists:
+            rows = conn.execute("SELECT version FROM schema_version").fetchall()
+            if len(rows) != 1:
+                raise StoreError("store schema_version table is damaged: expected one row")
+            version = rows[0][0]
+        else:
+            conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+            conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store schema version {version} is newer than this software supports ({SCHEMA_VERSION});"
+                " upgrade capture on every appliance"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _MIGRATIONS[step]:
+                conn.execute(statement)
+        if version != SCHEMA_VERSION:
+            conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+
+
+def _plan(expression: str | filters.Filter) -> query.Query:
+    if isinstance(expression, filters.Filter):
+        tree = expression
+    elif isinstance(expression, str):
+        try:
+            tree = filters.parse(expression)
+        except filters.FilterError as e:
+            raise Invalid(f"bad filter: {e}") from None
+    else:
+        raise Invalid("filter must be a string")
+    return query.translate(tree, DIALECT, _MAX_PARAMS - 8)
+
+
+def _pg_columns(columns: tuple[Any, ...], appliance_plain: int) -> tuple[Any, ...]:
+    """The summary columns as PostgreSQL text can hold them.
+
+    Text there cannot hold NUL: such a character becomes U+FFFD in the
+    column, and the row is marked not plain, so every search of it runs on
+    the record, which keeps the flow exactly as captured.
+    """
+    cleaned = tuple(value.replace("\x00", "\ufffd") if isinstance(value, str) else value for value in columns)
+    plain_flag = columns[19] and appliance_plain and cleaned == columns
+    return (*cleaned[:19], int(bool(plain_flag)))
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of a driver error: what an operator needs in status."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for status and logs."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "postgresql://?"
+    host = params.get("host", "")
+    port = params.get("port")
+    user = params.get("user")
+    where = f"{host}:{port}" if port else host
+    return f"postgresql://{user + '@' if user else ''}{where}/{params.get('dbname', '')}"
+
