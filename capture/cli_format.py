@@ -90,7 +90,7 @@ def status_lines(status: dict[str, Any], admin_url: str) -> list[str]:
     if manager.get("connected"):
         state = f"connected, pid {manager.get('pid')}"
         state += ", responding" if manager.get("responding") else ", not responding"
-        if "sessions" in manager:
+        if manager.get("sessions") is not None:
             state += f", {manager['sessions']} session(s)"
     else:
         state = "not connected"
@@ -102,6 +102,8 @@ def status_lines(status: dict[str, Any], admin_url: str) -> list[str]:
         ("admin listener", listeners.get("admin") or "-"),
         ("session manager", state),
         ("manager restarts", manager.get("restarts", 0)),
+        ("appliance", status.get("appliance") or "-"),
+        ("database", database_line(status.get("database"))),
     ]
     workers = status.get("workers")
     if isinstance(workers, dict):
@@ -116,6 +118,20 @@ def status_lines(status: dict[str, Any], admin_url: str) -> list[str]:
         ("CA SHA-256", status.get("ca_sha256", "-")),
     ]
     return key_values(pairs)
+
+
+def database_line(database: Any) -> str:
+    """The store in a few words: which, and plainly whether it answers and why not."""
+    if not isinstance(database, dict):
+        return "-"
+    where = database.get("url") or database.get("path") or ""
+    name = f"{database.get('backend', '?')} {where}".strip()
+    if database.get("reachable") is None:
+        return f"{database.get('error') or 'unknown'}"
+    if database.get("reachable"):
+        return f"{name}, reachable"
+    since = f" since {database['since']}" if database.get("since") else ""
+    return f"{name}, UNREACHABLE{since}: {database.get('error') or 'no reason given'}"
 
 
 def session_rows(sessions: Iterable[dict[str, Any]]) -> list[list[str]]:

@@ -66,6 +66,7 @@ class TLSSettings:
 class StoreSettings:
     socket: str
     database: str
+    appliance_file: str
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,7 @@ SCHEMA: dict[str, dict[str, tuple[Converter, str]]] = {
     "store": {
         "socket": (_path, "var/run/sessiond.sock"),
         "database": (_database, "var/capture.sqlite"),
+        "appliance_file": (_path, "var/appliance"),
     },
     "admin": {
         "listen": (_endpoint, "tcp:8081"),

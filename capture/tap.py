@@ -34,6 +34,7 @@ from capture.admin import admin_site
 from capture.tls.ca import CAError, CertificateAuthority
 from capture.delivery import SpillFile
 from capture.flow import iso_time
+from capture.identity import IdentityError, appliance_identity
 from capture import reuseport
 from capture.proxy.factory import ProxyFactory
 from capture.shipper import Shipper, ShipperFactory
@@ -217,6 +218,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     log.info("CA {path}/ca.pem, SHA-256 {fingerprint}", path=settings.tls.ca_dir, fingerprint=ca.sha256)
     token = ensure_token(settings.admin.token_file)
     log.info("admin token file: {path}", path=settings.admin.token_file)
+    try:
+        appliance = appliance_identity(settings.store.appliance_file)
+    except IdentityError as e:
+        print(f"capture: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    log.info("appliance {name} (from {path})", name=appliance, path=settings.store.appliance_file)
     if isinstance(settings.proxy.upstream, config.SystemProxy):
         log.info("chaining as the environment says (http_proxy, https_proxy, no_proxy)")
     elif settings.proxy.upstream is not None:
@@ -261,6 +268,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         processes = [own, *others]
         return {
             "version": __version__,
+            "appliance": appliance,
             "listeners": {"proxy": main.listener.address, "admin": admin_listener.address},
             "session_manager": {**shipper.status(), "restarts": sessiond.restarts},
             "workers": {"configured": settings.proxy.workers, "running": 1 + len(others), "restarts": workers.restarts},

@@ -55,6 +55,7 @@ def test_empty_gives_defaults(tmp_path, monkeypatch):
     assert settings.store == StoreSettings(
         socket=str(tmp_path / "var" / "run" / "sessiond.sock"),
         database=str(tmp_path / "var" / "capture.sqlite"),
+        appliance_file=str(tmp_path / "var" / "appliance"),
     )
     assert settings.admin == AdminSettings(
         listen="tcp:8081", token_file=str(tmp_path / "var" / "admin.token"), session_manager_wait=5.0
@@ -181,7 +182,7 @@ token_file = /etc/capture/token
     assert settings.tls.ca_dir == "/srv/ca"
     assert settings.tls.upstream_ca == "/etc/ssl/bundle.pem"
     assert settings.tls.passthrough == ("*.bank.example", "bank.example")
-    assert settings.store == StoreSettings("/run/s.sock", "/data/c.sqlite")
+    assert settings.store == StoreSettings("/run/s.sock", "/data/c.sqlite", os.path.abspath("var/appliance"))
     assert settings.admin == AdminSettings("tcp6:9000", "/etc/capture/token", 5.0)
 
 
@@ -342,3 +343,35 @@ def test_parse_source_name(tmp_path):
     path = tmp_path / "c.ini"
     path.write_text("")
     assert load(str(path)).source == os.path.abspath(path)
+
+
+@pytest.mark.parametrize(
+    "value, selects",
+    [
+        ("postgresql://capture:secret@db.lab:5432/capture", "postgresql://capture:secret@db.lab:5432/capture"),
+        ("postgres://capture@/capture?host=/var/run/postgresql", "postgres://capture@/capture?host=/var/run/postgresql"),
+        ("/data/capture.sqlite", "/data/capture.sqlite"),
+    ],
+)
+def test_store_database_url_or_path(value, selects):
+    """[store] database takes a libpq URL (kept as written) or a SQLite path (made absolute)."""
+    assert parse(f"[store]\ndatabase = {value}\n").store.database == selects
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("mysql://db/capture", "neither a path nor a PostgreSQL URL"),
+        ("postgresql:/capture", "neither a path nor a PostgreSQL URL"),
+        ("postgresql://db.lab:99999/capture", "port 99999 is not in 1-65535"),
+        ("postgresql://db.lab/", "names no database"),
+        ("postgresql://u@[::1/capture", "not a valid PostgreSQL URL"),
+    ],
+)
+def test_store_database_bad_url_is_one_line(value, message):
+    """Anything but a path or a valid postgresql:// URL stops start-up with one line naming [store] database."""
+    with pytest.raises(ConfigError) as info:
+        parse(f"[store]\ndatabase = {value}\n")
+    text = str(info.value)
+    assert text.startswith(f"[store] database = {value!r}: ") and message in text
+    assert "\n" not in text

@@ -115,7 +115,7 @@ def test_hello_answers_welcome_then_rules(manager: SessionManager, store: Store)
     assert rules["t"] == "rules"
     assert [s["id"] for s in rules["sessions"]] == [first["id"]]
     assert rules["sessions"][0]["clients"] == ["10.0.0.0/24"]
-    assert rules["sessions"] == store.capturing_sessions()
+    assert rules["sessions"] == [s for s in store.list_sessions() if s["state"] == "capturing"]
 
 
 def test_hello_reports_last_stored_seq(manager: SessionManager, store: Store) -> None:
@@ -282,13 +282,16 @@ def test_call_bad_arguments_is_400(manager: SessionManager) -> None:
 
 
 def test_call_without_args(manager: SessionManager, store: Store) -> None:
-    """A call with no args map is made with no arguments."""
+    """A call with no args map is made with no arguments: status, with the sessions counted at the last read."""
     store.create_session("s")
     peer = Peer(manager)
+    peer.hello()  # reads the sessions for the rules
     peer.send("call", id=7, method="status")
     (reply,) = peer.received()
     assert reply["id"] == 7
-    assert reply["result"] == {"pid": PID, "sessions": 1, "rejected_flows": 0}
+    health = store.health()
+    assert reply["result"] == {"pid": PID, "sessions": 1, "rejected_flows": 0, "appliance": "", "database": health}
+    assert health["backend"] == "sqlite" and health["reachable"] is True and health["error"] is None
 
 
 def test_call_huge_id_answers_error(manager: SessionManager) -> None:

@@ -203,11 +203,11 @@ def test_allowed_transitions(store, clock):
     assert paused["state"] == "paused"
     assert paused["updated"] == iso_time(T0 + 1)
     assert paused["created"] == iso_time(T0)
-    assert store.capturing_sessions() == []
+    assert [s["state"] for s in store.list_sessions()] == ["paused"]
     clock.now = T0 + 2
     resumed = store.resume(sid)
     assert resumed["state"] == "capturing"
-    assert [s["id"] for s in store.capturing_sessions()] == [sid]
+    assert [(s["id"], s["state"]) for s in store.list_sessions()] == [(sid, "capturing")]
     clock.now = T0 + 3
     stopped = store.stop(sid)
     assert stopped["state"] == "stopped"
@@ -260,15 +260,28 @@ def test_bad_transitions_conflict(store):
         assert store.get_session(sid) == before
 
 
-def test_capturing_sessions(store):
-    """Only capturing sessions are pushed to the proxy as rules, by id."""
+def test_list_sessions_in_id_order_with_states(store):
+    """Every session is listed, oldest first, each with its state (the rules are the capturing ones)."""
     a = store.create_session("a")["id"]
     b = store.create_session("b")["id"]
     c = store.create_session("c")["id"]
     store.pause(b)
     store.stop(c)
     d = store.create_session("d")["id"]
-    assert [s["id"] for s in store.capturing_sessions()] == [a, d]
+    assert [(s["id"], s["state"]) for s in store.list_sessions()] == [
+        (a, "capturing"), (b, "paused"), (c, "stopped"), (d, "capturing")]
+
+
+def test_idle_sessions(store, clock):
+    """Sessions with no change and no flow since the cutoff are idle; a recent flow or change keeps one."""
+    old = store.create_session("old")["id"]
+    busy = store.create_session("busy")["id"]
+    store.ingest("p", [(1, [busy], wire(start=T0 + 100))])
+    clock.now = T0 + 50
+    touched = store.create_session("touched")["id"]
+    assert store.idle_sessions(T0 + 10) == [old]
+    assert store.idle_sessions(T0 + 1000) == [old, busy, touched]
+    assert store.idle_sessions(T0) == []
 
 
 def test_clear_keeps_state_and_shared_flows(store, clock):

@@ -174,6 +174,8 @@ class AdminApi(resource.Resource):
         status = await self._status()
         manager_status = status["session_manager"]
         manager_status["responding"] = False
+        # Only the session manager knows the database; without it, say that much.
+        status["database"] = {"reachable": None, "error": "unknown: the session manager is not responding"}
         if self._shipper.connected:
             try:
                 manager = await self._shipper.call("status").addTimeout(STATUS_TIMEOUT, self._reactor)
@@ -181,6 +183,8 @@ class AdminApi(resource.Resource):
                 pass
             else:
                 manager_status.update(responding=True, sessions=manager["sessions"])
+                if isinstance(manager.get("database"), dict):
+                    status["database"] = manager["database"]
         return 200, status
 
     async def _list_sessions(self, request: server.Request) -> tuple[int, Any]:

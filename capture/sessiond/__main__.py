@@ -15,6 +15,7 @@ from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.logger import Logger
 
 from capture.child import load_settings, log_to_stdout, orphan_watch
+from capture.identity import IdentityError, appliance_identity
 from capture.sessiond.server import SessionFactory, SessionManager
 from capture.sessiond.store import StoreError, open_store
 
@@ -31,15 +32,23 @@ def main(argv: list[str] | None = None) -> int:
 
     log_to_stdout()
     try:
-        store = open_store(settings.store.database)
+        appliance = appliance_identity(settings.store.appliance_file)
+    except IdentityError as e:
+        print(f"sessiond: {e}", file=sys.stderr)
+        return 1
+    try:
+        # A PostgreSQL store opens even while the database is down, and connects when it answers.
+        store = open_store(settings.store.database, appliance=appliance)
     except (StoreError, OSError) as e:
-        print(f"sessiond: cannot open the store {settings.store.database!r}: {e}", file=sys.stderr)
+        print(f"sessiond: cannot open the store: {e}", file=sys.stderr)
         return 1
 
     socket_path = settings.store.socket
     os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
     os.chmod(os.path.dirname(socket_path), 0o700)
-    manager = SessionManager(store, os.getpid())
+    rules_cache = os.path.join(os.path.dirname(settings.store.appliance_file), "rules-cache.json")
+    manager = SessionManager(store, os.getpid(), reactor, appliance=appliance, rules_cache=rules_cache)
+    manager.refresh_rules()
     endpoint = UNIXServerEndpoint(reactor, socket_path, mode=0o600, wantPID=True)
     listening = endpoint.listen(SessionFactory(manager))
 
@@ -50,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     listening.addCallbacks(lambda port: log.info("session manager listening on {path}", path=socket_path), failed)
 
     orphan_watch(reactor).startService()
-    reactor.addSystemEventTrigger("after", "shutdown", store.close)
+    # The worker thread finishes its call before the connection closes.
+    reactor.addSystemEventTrigger("after", "shutdown", lambda: (manager.stop(), store.close()))
     reactor.run()
     return 0
 

@@ -3,26 +3,41 @@
 Each proxy process connects once; flows are stored in one transaction per
 message and acknowledged, calls are answered from the store, and every
 session change pushes fresh rules to every connected proxy.
+
+Store calls go through a runner (:mod:`capture.sessiond.runner`): inline
+for SQLite, one worker thread for a store that blocks on the network.  A
+proxy's batches are stored strictly in the order they came, one at a time;
+while the database is unreachable the batch at the front waits and is tried
+again every RETRY_INTERVAL, nothing is acknowledged, and the proxy keeps
+the rest in its queue and spill file.  Rules read from the store are kept
+in a file, so a session manager starting while the database is down still
+tells its proxies what to capture.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import json
+import os
+import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, Callable
 
+from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import cooperate
 from twisted.logger import Logger
 
 from capture import filters, wire
 from capture.flow import Flow
+from capture.sessiond import runner as runners
 from capture.sessiond.exports import Exports
 from capture.sessiond.passthrough import Passthrough
-from capture.sessiond.store import Invalid, Store, StoreError
+from capture.sessiond.store import Invalid, Store, StoreError, Unavailable
 
 # Calls that change which sessions capture, so the rules must be pushed again.
-_RULE_CHANGES = {"sessions.create", "sessions.pause", "sessions.resume", "sessions.stop", "sessions.clear", "sessions.delete"}
+_RULE_CHANGES = {"sessions.create", "sessions.pause", "sessions.resume", "sessions.stop", "sessions.clear",
+                 "sessions.delete", "sessions.prune"}
+RETRY_INTERVAL = 1.0
 
 
 class SessionManager:
@@ -30,13 +45,21 @@ class SessionManager:
 
     log = Logger()
 
-    def __init__(self, store: Store, pid: int) -> None:
+    def __init__(self, store: Store, pid: int, reactor: Any = None, appliance: str = "",
+                 rules_cache: str | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.store = store
         self.pid = pid
+        self.appliance = appliance
+        self.runner = runners.for_store(store, reactor)
         self.proxies: set[SessionProtocol] = set()
+        self._rules_cache = rules_cache
+        self._rules: list[dict[str, Any]] | None = _read_rules(rules_cache)
+        self._session_count: int | None = None
         exports = Exports(store)
         self._calls: dict[str, Callable[..., Any]] = {
-            "status": self._status,
             "sessions.list": lambda: {"sessions": store.list_sessions()},
             "sessions.create": self._create,
             "sessions.get": store.get_session,
@@ -46,8 +69,8 @@ class SessionManager:
             "sessions.stop": store.stop,
             "sessions.clear": store.clear,
             "sessions.delete": store.delete,
+            "sessions.prune": self._prune,
             "flows.list": self._list_flows,
-            "proxies": lambda: [proxy.stats for proxy in self.proxies if proxy.stats is not None],
             "sessions.stats": store.stats,
             "flows.get": store.get_flow,
             "flows.messages": self._messages,
@@ -57,48 +80,113 @@ class SessionManager:
             "export.postman": exports.postman,
             "export.cookies": exports.cookies,
         }
+        # Answered in the reactor thread without the store: they must work while it is away.
+        self._local: dict[str, Callable[..., Any]] = {
+            "status": self._status,
+            "proxies": lambda: [proxy.stats for proxy in self.proxies if proxy.stats is not None],
+        }
+        # The auto-passthrough table is in memory, not in the store.
         self.passthrough = Passthrough(self.broadcast)
-        self._calls.update(self.passthrough.calls)
+        self._local.update(self.passthrough.calls)
+        store.watch(lambda event: reactor.callFromThread(self._store_event, event))
 
-    def rules_message(self) -> bytes:
-        return wire.encode("rules", sessions=self.store.capturing_sessions())
+    def stop(self) -> None:
+        self.runner.stop()
 
-    def call(self, method: str, args: dict[str, Any]) -> tuple[Any, dict | None]:
-        """(result, None) or (None, error) for one admin call."""
+    # -- rules ---------------------------------------------------------------------
+
+    def refresh_rules(self, proxies: Any = None) -> defer.Deferred:
+        """Read the sessions again and push the capturing ones as rules (to ``proxies``, default all).
+
+        When the store cannot answer, the proxies keep the rules they have;
+        one that has none gets the last rules read (from the cache file).
+        """
+        d = self.runner.run(self.store.list_sessions)
+
+        def read(sessions: list[dict[str, Any]]) -> None:
+            self._session_count = len(sessions)
+            self._rules = [session for session in sessions if session["state"] == "capturing"]
+            _write_rules(self._rules_cache, self._rules)
+            message = wire.encode("rules", sessions=self._rules)
+            for proxy in list(self.proxies if proxies is None else proxies):
+                proxy.transport.write(message)
+
+        def failed(reason: Any) -> None:
+            reason.trap(StoreError)
+            self.log.warn("cannot read the sessions for the rules: {error}", error=reason.getErrorMessage())
+            if proxies is not None and self._rules is not None:
+                message = wire.encode("rules", sessions=self._rules)
+                for proxy in proxies:
+                    proxy.transport.write(message)
+
+        return d.addCallbacks(read, failed)
+
+    def _store_event(self, event: str) -> None:
+        """From the store's listener: a session changed elsewhere, or the database came or went."""
+        if event == "health":
+            health = self.store.health()
+            if health["reachable"]:
+                self.log.info("database reachable again")
+            else:
+                self.log.warn("database unreachable: {error}", error=health["error"])
+                return
+            for proxy in list(self.proxies):
+                proxy.pump()
+        self.refresh_rules()
+
+    # -- calls ---------------------------------------------------------------------
+
+    def call(self, method: str, args: dict[str, Any]) -> defer.Deferred:
+        """Fires with (result, None) or (None, error) for one admin call."""
+        local = self._local.get(method)
         handler = self._calls.get(method)
-        if handler is None:
-            return None, {"status": 400, "message": f"unknown call {method!r}"}
-        try:
-            result = handler(**args)
-        except StoreError as e:
-            return None, {"status": e.status, "message": str(e)}
-        except (TypeError, OverflowError) as e:
-            return None, {"status": 400, "message": f"bad arguments for {method}: {e}"}
-        if method in _RULE_CHANGES:
-            self.broadcast(self.rules_message())
+        if local is None and handler is None:
+            return defer.succeed((None, {"status": 400, "message": f"unknown call {method!r}"}))
+        if local is not None:
+            d = defer.maybeDeferred(local, **args)
+        else:
+            d = self.runner.run(handler, **args)
+
+        def done(result: Any) -> defer.Deferred | tuple[Any, None]:
+            if method not in _RULE_CHANGES:
+                return result, None
             session_id = args.get("session_id", result.get("id") if isinstance(result, dict) else None)
-            if session_id is not None:
-                self.publish(int(session_id), "state", result if isinstance(result, dict) else {"id": session_id, "state": "deleted"})
-        return result, None
+            refreshed = self.refresh_rules()
+            if isinstance(session_id, int):
+                self.publish(session_id, "state",
+                             result if isinstance(result, dict) else {"id": session_id, "state": "deleted"})
+            return refreshed.addCallback(lambda _: (result, None))
+
+        def failed(reason: Any) -> tuple[None, dict[str, Any]]:
+            error = reason.value
+            if isinstance(error, StoreError):
+                return None, {"status": error.status, "message": str(error)}
+            if isinstance(error, (TypeError, OverflowError)):
+                return None, {"status": 400, "message": f"bad arguments for {method}: {error}"}
+            self.log.failure("call {method} failed", reason, method=method)
+            return None, {"status": 500, "message": f"{method} failed; see the session manager's log"}
+
+        return d.addCallbacks(done, failed)
 
     def watched(self) -> set[int]:
         """Sessions some admin client follows live."""
         return set().union(*(proxy.subscriptions for proxy in self.proxies)) if self.proxies else set()
 
-    def flow_stored(self, watched: set[int], flow_id: int, session_ids: list[int], flow: Flow) -> None:
-        """One event per followed session the new flow belongs to (watched: computed once per batch)."""
-        summary = None
-        for session_id in session_ids:
-            if session_id in watched:
-                summary = summary or {"id": flow_id, **flow.summary()}
-                self.publish(session_id, "flow", summary)
+    def flows_stored(self, watched: set[int], stored: list[tuple[int, list[int], Flow]]) -> None:
+        """One event per followed session each new flow belongs to (watched: computed once per batch)."""
+        for flow_id, session_ids, flow in stored:
+            summary = None
+            for session_id in session_ids:
+                if session_id in watched:
+                    summary = summary or {"id": flow_id, **flow.summary(), "appliance": self.appliance or None}
+                    self.publish(session_id, "flow", summary)
 
-    def messages_stored(self, watched: set[int], flow_id: int, session_ids: list[int], count: int,
-                        added: int) -> None:
+    def messages_stored(self, watched: set[int], added: list[tuple[int, list[int], int, int]]) -> None:
         """A ``messages`` event per followed session of a live flow: how many it has now, how many are new."""
-        for session_id in session_ids:
-            if session_id in watched:
-                self.publish(session_id, "messages", {"id": flow_id, "message_count": count, "added": added})
+        for flow_id, session_ids, count, new in added:
+            for session_id in session_ids:
+                if session_id in watched:
+                    self.publish(session_id, "messages", {"id": flow_id, "message_count": count, "added": new})
 
     def publish(self, session_id: int, event: str, data: Any) -> None:
         """Send a live event to the proxies whose admin clients follow this session."""
@@ -113,7 +201,13 @@ class SessionManager:
             proxy.transport.write(data)
 
     def _status(self) -> dict[str, Any]:
-        return {"pid": self.pid, "sessions": len(self.store.list_sessions()), "rejected_flows": self.store.rejected}
+        return {
+            "pid": self.pid,
+            "sessions": self._session_count,
+            "rejected_flows": self.store.rejected,
+            "appliance": self.appliance,
+            "database": self.store.health(),
+        }
 
     def _create(self, **fields: Any) -> dict[str, Any]:
         _check_filter(fields.get("filter") or "")
@@ -122,6 +216,16 @@ class SessionManager:
     def _messages(self, flow_id: int, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         messages, total = self.store.messages(flow_id, offset, limit)
         return {"messages": [message.detail() for message in messages], "total": total}
+
+    def _prune(self, older_than: float) -> dict[str, Any]:
+        """Delete every session idle (no change, no flow) for ``older_than`` seconds; runs in the runner."""
+        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not 0 < older_than < 1e11:
+            raise Invalid("older_than must be a positive number of seconds")
+        deleted = []
+        for session_id in self.store.idle_sessions(time.time() - older_than):
+            self.store.delete(session_id)
+            deleted.append(session_id)
+        return {"deleted": deleted}
 
     def _list_flows(
         self,
@@ -147,6 +251,31 @@ def _check_filter(expression: str) -> filters.Filter:
         raise Invalid(f"bad filter: {e}") from None
 
 
+def _read_rules(path: str | None) -> list[dict[str, Any]] | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            rules = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return rules if isinstance(rules, list) else None
+
+
+def _write_rules(path: str | None, rules: list[dict[str, Any]]) -> None:
+    """Keep the rules for a start while the database is away; best effort."""
+    if path is None:
+        return
+    temporary = f"{path}.tmp"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(rules, f)
+        os.replace(temporary, path)
+    except OSError as e:
+        SessionManager.log.warn("cannot keep the rules in {path}: {error}", path=path, error=e)
+
+
 class SessionProtocol(Protocol):
     """One proxy process's connection."""
 
@@ -158,12 +287,20 @@ class SessionProtocol(Protocol):
         self._instance: str | None = None
         self.subscriptions: set[int] = set()
         self.stats: dict[str, Any] | None = None  # the proxy process's last report of itself
+        # Batches waiting to be stored, in order: (instance, items).
+        self._batches: deque[tuple[str, list[tuple[Any, ...]]]] = deque()
+        self._storing = False
+        self._retry: Any = None
 
     def connectionMade(self) -> None:
         self.manager.proxies.add(self)
 
     def connectionLost(self, reason: Any) -> None:
+        self.connected = 0  # answers still on their way from the runner are dropped
         self.manager.proxies.discard(self)
+        self._batches.clear()  # unacknowledged: the proxy sends them again
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -173,10 +310,6 @@ class SessionProtocol(Protocol):
             # Catch-and-log so one bad peer cannot take the store down with it.
             self.log.warn("dropping proxy connection after a bad message: {error}", error=e)
             self.transport.abortConnection()
-        except StoreError as e:
-            # Nothing was acked, so the proxy resends once it reconnects.
-            self.log.error("store failed, dropping the proxy connection: {error}", error=e)
-            self.transport.abortConnection()
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["t"]
@@ -184,24 +317,14 @@ class SessionProtocol(Protocol):
             if self._instance is None:
                 raise wire.WireError("flows before hello")
             # A proxy may replay an earlier instance's flows from its spill file.
-            instance = str(message["instance"])
-            watched = self.manager.watched()
-            on_stored = partial(self.manager.flow_stored, watched) if watched else None
-            on_messages = partial(self.manager.messages_stored, watched) if watched else None
-            last = self.manager.store.ingest(instance, [tuple(item) for item in message["items"]], on_stored,
-                                             on_messages)
-            self.transport.write(wire.encode("ack", instance=instance, seq=last))
+            self._batches.append((str(message["instance"]), [tuple(item) for item in message["items"]]))
+            self.pump()
         elif kind == "call":
             args = message.get("args") or {}
             if not isinstance(args, dict):
                 raise wire.WireError("call arguments must be a map")
-            result, error = self.manager.call(str(message["method"]), args)
-            if error is not None:
-                self.transport.write(wire.encode("reply", id=message["id"], error=error))
-            elif isinstance(result, Iterator):
-                self._stream(message["id"], result)
-            else:
-                self.transport.write(wire.encode("reply", id=message["id"], result=result))
+            call_id = message["id"]
+            self.manager.call(str(message["method"]), args).addCallback(self._answer, call_id)
         elif kind == "stats":
             data = message["data"]
             self.stats = data if isinstance(data, dict) else None
@@ -211,34 +334,110 @@ class SessionProtocol(Protocol):
             self.subscriptions.discard(int(message["session"]))
         elif kind == "hello":
             self._instance = str(message["instance"])
-            last = self.manager.store.last_seq(self._instance)
-            self.transport.write(wire.encode("welcome", pid=self.manager.pid, last_seq=last))
-            self.transport.write(self.manager.rules_message())
-            self.transport.write(self.manager.passthrough.message())
+            self.manager.runner.run(self.manager.store.last_seq, self._instance).addBoth(self._welcome)
         else:
             raise wire.WireError(f"unknown message type {kind!r}")
 
+    def _welcome(self, last: Any) -> None:
+        if not self.connected:
+            return
+        if not isinstance(last, int):
+            # The database is away: 0 makes the proxy resend all it holds, and the
+            # store skips what it already has, so nothing is lost or doubled.
+            last.trap(StoreError)
+            last = 0
+        self.transport.write(wire.encode("welcome", pid=self.manager.pid, last_seq=last))
+        self.manager.refresh_rules([self])
+        self.transport.write(self.manager.passthrough.message())
+
+    def _answer(self, outcome: tuple[Any, dict | None], call_id: Any) -> None:
+        result, error = outcome
+        if not self.connected:
+            return
+        if error is not None:
+            self.transport.write(wire.encode("reply", id=call_id, error=error))
+        elif isinstance(result, Iterator):
+            self._stream(call_id, result)
+        else:
+            self.transport.write(wire.encode("reply", id=call_id, result=result))
+
+    # -- ingest ----------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Store the batch at the front, unless one is being stored or waits for a retry."""
+        if self._storing or not self._batches or not self.connected:
+            return
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        instance, items = self._batches[0]
+        watched = self.manager.watched()
+        # Noted in the runner's thread, published from the reactor's once the batch is in.
+        stored: list[tuple[int, list[int], Flow]] = []
+        added: list[tuple[int, list[int], int, int]] = []
+        on_stored = (lambda *entry: stored.append(entry)) if watched else None
+        on_messages = (lambda *entry: added.append(entry)) if watched else None
+        self._storing = True
+        d = self.manager.runner.run(self.manager.store.ingest, instance, items, on_stored, on_messages)
+        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(instance, watched, stored, added))
+
+    def _stored(self, last: int, instance: str, watched: set[int], stored: list, added: list) -> None:
+        self._storing = False
+        if not self.connected:
+            return
+        self._batches.popleft()
+        self.transport.write(wire.encode("ack", instance=instance, seq=last))
+        if stored:
+            self.manager.flows_stored(watched, stored)
+        if added:
+            self.manager.messages_stored(watched, added)
+        self.pump()
+
+    def _not_stored(self, reason: Any) -> None:
+        self._storing = False
+        if not self.connected:
+            return
+        if reason.check(Unavailable):
+            # Nothing acked: the batch waits at the front and goes again shortly.
+            if self._retry is None or not self._retry.active():
+                self.log.warn("cannot store flows, holding them: {error}", error=reason.getErrorMessage())
+                self._retry = self.manager.reactor.callLater(RETRY_INTERVAL, self.pump)
+            return
+        if reason.check(StoreError):
+            # Nothing was acked, so the proxy resends once it reconnects.
+            self.log.error("store failed, dropping the proxy connection: {error}", error=reason.getErrorMessage())
+        else:
+            self.log.failure("storing flows failed, dropping the proxy connection", reason)
+        self.transport.abortConnection()
 
     def _stream(self, call_id: Any, chunks: Iterator[bytes]) -> None:
-        """Send a long answer in chunks, a few at a time, so ingest keeps its turn."""
+        """Send a long answer a chunk at a time, each read by the runner, so ingest keeps its turn."""
+        done = object()
 
-        def send() -> Iterator[None]:
-            try:
-                for data in chunks:
-                    if not self.connected:
-                        return
-                    self.transport.write(wire.encode("chunk", id=call_id, data=data))
-                    yield None
-            except StoreError as e:
-                self.transport.write(wire.encode("reply", id=call_id, error={"status": e.status, "message": str(e)}))
-                return
-            except Exception:
-                self.log.failure("streamed call failed")
-                self.transport.write(wire.encode("reply", id=call_id, error={"status": 500, "message": "export failed; see the log"}))
-                return
-            self.transport.write(wire.encode("reply", id=call_id, result=None))
+        def step() -> None:
+            if self.connected:
+                self.manager.runner.run(next, chunks, done).addCallbacks(sent, failed)
 
-        cooperate(send())
+        def sent(data: Any) -> None:
+            if not self.connected:
+                return
+            if data is done:
+                self.transport.write(wire.encode("reply", id=call_id, result=None))
+                return
+            self.transport.write(wire.encode("chunk", id=call_id, data=data))
+            self.manager.reactor.callLater(0, step)
+
+        def failed(reason: Any) -> None:
+            if not self.connected:
+                return
+            if reason.check(StoreError):
+                error = {"status": reason.value.status, "message": reason.getErrorMessage()}
+            else:
+                self.log.failure("streamed call failed", reason)
+                error = {"status": 500, "message": "export failed; see the log"}
+            self.transport.write(wire.encode("reply", id=call_id, error=error))
+
+        step()
 
 
 class SessionFactory(Factory):

@@ -64,9 +64,19 @@ class Store(Protocol):
 
     #: Flows dropped by :meth:`ingest` because they could not be decoded.
     rejected: int
+    #: True when calls wait on the network: the session manager then makes
+    #: every call from one worker thread, never from its reactor.
+    blocking: bool
 
     def close(self) -> None:
         """Release the connection(s); no call may follow."""
+
+    def health(self) -> dict[str, Any]:
+        """``backend``, ``reachable``, ``error`` (why not, or None) and ``since``: safe from any thread."""
+
+    def watch(self, callback: Callable[[str], None]) -> None:
+        """Have ``callback`` told, from any thread, ``"sessions"`` when sessions changed
+        through another appliance and ``"health"`` when the database went or came back."""
 
     # sessions
 
@@ -86,9 +96,6 @@ class Store(Protocol):
     def list_sessions(self) -> list[dict[str, Any]]:
         """Every session, oldest first."""
 
-    def capturing_sessions(self) -> list[dict[str, Any]]:
-        """The sessions whose rules the proxy must apply."""
-
     def rename(self, session_id: int, name: str) -> dict[str, Any]:
         """Give a session, in any state, a new name; Invalid for a bad one."""
 
@@ -106,6 +113,9 @@ class Store(Protocol):
 
     def delete(self, session_id: int) -> None:
         """Remove a session in any state, and every flow only it held."""
+
+    def idle_sessions(self, before: float) -> list[int]:
+        """Sessions with no change and no flow since ``before`` (seconds since the epoch): for pruning."""
 
     # ingest
 

@@ -313,11 +313,6 @@ class PostgresStore:
             cur.execute(f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY id")
             return [session_dict(row) for row in cur.fetchall()]
 
-    def capturing_sessions(self) -> list[dict[str, Any]]:
-        with self._read() as cur:
-            cur.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE state = 'capturing' ORDER BY id")
-            return [session_dict(row) for row in cur.fetchall()]
-
     def pause(self, session_id: int) -> dict[str, Any]:
         return self._transition(session_id, ("capturing",), "paused", "pause")
 

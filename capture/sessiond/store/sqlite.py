@@ -354,6 +354,7 @@ class SQLiteStore:
         appliance: str = "",
     ) -> None:
         self._clock = clock
+        self._path = path
         # Stamped on every flow ingested here: which appliance captured it.
         self._appliance = appliance
         self._appliance_plain = plain(appliance)
@@ -382,8 +383,17 @@ class SQLiteStore:
             self._db.close()
             raise
 
+    #: A local file: calls run in the reactor thread and pace themselves.
+    blocking = False
+
     def close(self) -> None:
         self._db.close()
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": "sqlite", "path": self._path, "reachable": True, "error": None, "since": None}
+
+    def watch(self, callback: Callable[[str], None]) -> None:
+        """Nothing to watch: only this appliance's session manager opens the file."""
 
     def __enter__(self) -> SQLiteStore:
         return self
@@ -436,13 +446,6 @@ class SQLiteStore:
         rows = self._db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY id")
         return [session_dict(row) for row in rows]
 
-    def capturing_sessions(self) -> list[dict[str, Any]]:
-        """The sessions whose rules the proxy must apply."""
-        rows = self._db.execute(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE state = 'capturing' ORDER BY id"
-        )
-        return [session_dict(row) for row in rows]
-
     def rename(self, session_id: int, name: str) -> dict[str, Any]:
         name = check_name(name)
         with self._write() as db:
@@ -479,6 +482,14 @@ class SQLiteStore:
             self._session_row(db, session_id)
             self._unlink(db, session_id)
             db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    def idle_sessions(self, before: float) -> list[int]:
+        rows = self._db.execute(
+            "SELECT s.id FROM sessions s WHERE s.updated < ? AND NOT EXISTS"
+            " (SELECT 1 FROM session_flows sf WHERE sf.session_id = s.id AND sf.time >= ?) ORDER BY s.id",
+            (before, before),
+        )
+        return [session_id for (session_id,) in rows]
 
     # flows ----------------------------------------------------------------
 
