@@ -239,6 +239,12 @@ def cmd_ui(api: Api, args: argparse.Namespace) -> None:
     emit(args, {"url": link}, lambda: [link])
 
 
+def cmd_prune(api: Api, args: argparse.Namespace) -> None:
+    result = api.call("POST", "/api/sessions/prune", body={"older_than": args.older_than})
+    deleted = result.get("deleted", [])
+    emit(args, result, lambda: [f"deleted {len(deleted)} idle session(s)" + (": " + ", ".join(map(str, deleted)) if deleted else "")])
+
+
 def cmd_flows(api: Api, args: argparse.Namespace) -> None:
     params = {"filter": args.filter, "limit": args.limit, "offset": args.offset, "sort": args.sort,
               "order": "desc" if args.desc else "asc"}
@@ -419,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                          ("stop", "end the session for good (it stays readable)"),
                          ("clear", "delete the session's flows"), ("delete", "delete the session and its flows")):
         command(action, cmd_change, text).add_argument("id", type=int, metavar="ID")
+    prune = command("prune", cmd_prune, "retention: delete sessions idle (no change, no flow) for longer than an age")
+    prune.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 3600 (seconds)")
     flows = command("flows", cmd_flows, "list a session's flows")
     flows.add_argument("id", type=int, metavar="ID")
     flows.add_argument("--filter", metavar="EXPR", help="filter expression, e.g. '~m POST & ~d api'")

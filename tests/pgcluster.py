@@ -4,7 +4,9 @@ The data directory is a fresh one under /tmp (pytest's own temporary
 directory is root's alone, and the server refuses to run as root), owned by
 the package's ``postgres`` user when the tests run as root.  The server
 listens on a free loopback port and on a UNIX socket in that directory,
-with fsync off: the tests want a real server, not a durable one.
+with fsync off: the tests want a real server, not one that survives a power cut.
+Commits stay synchronous, so a stopped (crashed) server keeps every
+transaction it acknowledged, as a production one does.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Cluster:
 
     def start(self) -> None:
         options = (f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.directory}"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   " -c fsync=off -c full_page_writes=off -c max_connections=200")
         self._run(BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "30", "start")
 
     def stop(self) -> None:

@@ -66,6 +66,7 @@ class AdminApi(resource.Resource):
             (b"GET", re.compile(r"/api/status"), self._get_status),
             (b"GET", re.compile(r"/api/sessions"), self._list_sessions),
             (b"POST", re.compile(r"/api/sessions"), self._create_session),
+            (b"POST", re.compile(r"/api/sessions/prune"), self._prune_sessions),
             (b"GET", re.compile(S), self._get_session),
             (b"DELETE", re.compile(S), self._delete_session),
             (b"PATCH", re.compile(S), self._rename_session),
@@ -197,6 +198,14 @@ class AdminApi(resource.Resource):
             raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
         fields.setdefault("name", time.strftime("session %Y-%m-%d %H:%M:%S"))
         return 201, await self._call("sessions.create", **fields)
+
+    async def _prune_sessions(self, request: server.Request) -> tuple[int, Any]:
+        """Retention: delete every session idle (no change, no flow) for longer than ``older_than``."""
+        fields = _json_body(request)
+        unknown = set(fields) - {"older_than"}
+        if unknown or "older_than" not in fields:
+            raise ApiError(400, 'expected {"older_than": AGE}, AGE as seconds or a string like "30d", "12h", "90m"')
+        return 200, await self._shipper.call("sessions.prune", older_than=age_seconds(fields["older_than"]))
 
     async def _get_session(self, request: server.Request, session_id: str) -> tuple[int, Any]:
         return 200, await self._call("sessions.get", session_id=int(session_id))
@@ -394,3 +403,18 @@ def _int_arg(request: server.Request, name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise ApiError(400, f"parameter {name} must be an integer, not {text!r}") from None
+
+
+_AGE = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)([smhdw]?)")
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def age_seconds(value: Any) -> float:
+    """An age as seconds: a positive number, or digits and a unit (s, m, h, d, w) such as "30d"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e11:
+        return float(value)
+    if isinstance(value, str):
+        match = _AGE.fullmatch(value.strip())
+        if match and float(match.group(1)) > 0:
+            return float(match.group(1)) * _AGE_UNITS[match.group(2)]
+    raise ApiError(400, f"older_than must be a positive age such as 30d, 12h or 3600, not {value!r:.40}")

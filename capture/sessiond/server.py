@@ -290,6 +290,7 @@ class SessionProtocol(Protocol):
         # Batches waiting to be stored, in order: (instance, items).
         self._batches: deque[tuple[str, list[tuple[Any, ...]]]] = deque()
         self._storing = False
+        self._holding = False  # the store refused a batch and it waits for a retry
         self._retry: Any = None
 
     def connectionMade(self) -> None:
@@ -386,6 +387,9 @@ class SessionProtocol(Protocol):
         if not self.connected:
             return
         self._batches.popleft()
+        if self._holding:
+            self.log.info("storing flows again")
+            self._holding = False
         self.transport.write(wire.encode("ack", instance=instance, seq=last))
         if stored:
             self.manager.flows_stored(watched, stored)
@@ -399,8 +403,11 @@ class SessionProtocol(Protocol):
             return
         if reason.check(Unavailable):
             # Nothing acked: the batch waits at the front and goes again shortly.
+            if not self._holding:
+                self.log.warn("cannot store flows, holding them until the store answers: {error}",
+                              error=reason.getErrorMessage())
+                self._holding = True
             if self._retry is None or not self._retry.active():
-                self.log.warn("cannot store flows, holding them: {error}", error=reason.getErrorMessage())
                 self._retry = self.manager.reactor.callLater(RETRY_INTERVAL, self.pump)
             return
         if reason.check(StoreError):

@@ -604,10 +604,8 @@ class PostgresStore:
                     self._report(callback, True, "")
                     callback("sessions")  # what changed while nobody listened
                     while not self._closing.is_set():
-                        changed = False
+                        # Each notification as it comes; between them, at most HEARTBEAT of quiet.
                         for _ in conn.notifies(timeout=HEARTBEAT):
-                            changed = True
-                        if changed:
                             callback("sessions")
                         conn.execute("SELECT 1")
             except psycopg.Error as e:
