@@ -363,22 +363,28 @@ def test_session_manager_passes_query_arguments(tmp_path):
     """flows.list takes filter, sort and order to the store, a bad one is a 400; sessions.stats answers stats."""
     from capture.sessiond.server import SessionManager
 
+    def call(manager, method, args):
+        """The answer of an inline (SQLite) call, which has come by the time call returns."""
+        answers = []
+        manager.call(method, args).addCallback(answers.append)
+        return answers[0]
+
     with Store(str(tmp_path / "capture.sqlite")) as store:
         manager = SessionManager(store, pid=1)
         session_id = store.create_session("s")["id"]
         rnd = random.Random(3)
         store.ingest("p", [(i + 1, [session_id], random_flow(rnd, i).pack()) for i in range(30)])
-        result, error = manager.call(
+        result, error = call(manager, 
             "flows.list", {"session_id": session_id, "filter": "~s", "sort": "status", "order": "desc", "limit": 5}
         )
         assert error is None
         assert result == dict(zip(("flows", "total"), store.list_flows(
             session_id, filter="~s", sort="status", order="desc", limit=5)))
-        _, error = manager.call("flows.list", {"session_id": session_id, "sort": "colour"})
+        _, error = call(manager, "flows.list", {"session_id": session_id, "sort": "colour"})
         assert error["status"] == 400
-        _, error = manager.call("flows.list", {"session_id": session_id, "filter": "~m ("})
+        _, error = call(manager, "flows.list", {"session_id": session_id, "filter": "~m ("})
         assert error["status"] == 400 and "position" in error["message"]
-        result, error = manager.call("sessions.stats", {"session_id": session_id})
+        result, error = call(manager, "sessions.stats", {"session_id": session_id})
         assert error is None
         assert result == store.stats(session_id)
-        assert manager.call("sessions.stats", {"session_id": 999})[1]["status"] == 404
+        assert call(manager, "sessions.stats", {"session_id": 999})[1]["status"] == 404

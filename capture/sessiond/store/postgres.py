@@ -35,6 +35,18 @@ import psycopg
 
 from capture import filters
 from capture.flow import Flow, iso_time
+from capture.grpcview import grpc_section
+from capture.messages import (
+    DETAIL_MESSAGES,
+    WebSocketClose,
+    WebSocketMessage,
+    pack_message,
+    unpack_close,
+    unpack_live_close,
+    unpack_message,
+    unpack_messages,
+    websocket_section,
+)
 from capture.sessiond import query
 from capture.sessiond.store.interface import (
     MAX_PAGE,
@@ -42,6 +54,7 @@ from capture.sessiond.store.interface import (
     Conflict,
     Invalid,
     NotFound,
+    OnMessages,
     OnStored,
     StoreError,
     Unavailable,
@@ -63,7 +76,7 @@ from capture.sessiond.store.rows import (
     with_appliance,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHANNEL = "capture_sessions"
 
 # How often a failed connection is tried again, and how long one attempt may take.
@@ -132,7 +145,25 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX session_flows_flow ON session_flows (flow_id)",
         "CREATE TABLE delivered (instance text PRIMARY KEY, last_seq bigint NOT NULL)",
     ),
+    # v2: WebSocket flows, stored while they are open, and their messages.
+    (
+        """CREATE TABLE websockets (
+            flow_id bigint PRIMARY KEY,
+            instance text NOT NULL,
+            open_seq bigint NOT NULL,
+            message_count bigint NOT NULL DEFAULT 0,
+            close bytea,
+            UNIQUE (instance, open_seq)
+        )""",
+        """CREATE TABLE websocket_messages (
+            flow_id bigint NOT NULL,
+            n bigint NOT NULL,
+            record bytea NOT NULL,
+            PRIMARY KEY (flow_id, n)
+        )""",
+    ),
 )
+_OPS = (None, "open", "messages", "close")
 
 # The columns a batch is copied into, per connection; emptied by each commit.
 _INCOMING = """CREATE TEMPORARY TABLE IF NOT EXISTS incoming (
@@ -166,7 +197,13 @@ _MOVE = f"""WITH new AS (
     UPDATE sessions SET flow_count = flow_count + c.n
     FROM (SELECT session_id, count(*) AS n FROM links GROUP BY session_id) c WHERE sessions.id = c.session_id
 )
-SELECT id, seq FROM new"""
+SELECT id, seq FROM new ORDER BY id"""
+_UPDATE_FLOW = (
+    "UPDATE flows SET time = %s, client = %s, client_port = %s, method = %s, scheme = %s, host = %s, port = %s,"
+    " path = %s, url = %s, status = %s, request_size = %s, response_size = %s, content_type = %s,"
+    " duration_ms = %s, error = %s, kind = %s, has_response = %s, request_type = %s, response_type = %s,"
+    " plain = %s, asset = %s WHERE id = %s"
+)
 
 _SESSION_FLOWS = "FROM session_flows sf JOIN flows f ON f.id = sf.flow_id WHERE sf.session_id = %s"
 _STATUS_CLASS = (
@@ -355,19 +392,33 @@ class PostgresStore:
 
     # flows ----------------------------------------------------------------
 
-    def ingest(self, instance: str, batch: Sequence[BatchItem], on_stored: OnStored | None = None) -> int:
-        """Store a batch from one proxy instance, each flow once however often it comes."""
+    def ingest(
+        self,
+        instance: str,
+        batch: Sequence[BatchItem],
+        on_stored: OnStored | None = None,
+        on_messages: OnMessages | None = None,
+    ) -> int:
+        """Store a batch from one proxy instance, each flow once however often it comes.
+
+        Flows (and live flows' ``open`` items) are copied and moved in one
+        statement; a live flow's ``messages`` and ``close`` items follow, in
+        order, naming the flow by the sequence number that opened it.  The
+        instance's mark row is locked first, so two session managers replaying
+        the same spill file take turns and the second skips what the first stored.
+        """
         if not isinstance(instance, str) or not instance or "\x00" in instance:
             raise Invalid("instance must be a non-empty string")
         if not isinstance(batch, (list, tuple)):
             raise Invalid("batch must be a list")
         rejected = 0
         stored: list[tuple[int, list[int], Flow]] = []
+        added: dict[int, list[Any]] = {}
         with self._write() as cur:
-            cur.execute("SELECT last_seq FROM delivered WHERE instance = %s", (instance,))
-            row = cur.fetchone()
-            first_mark = mark = row[0] if row else 0
-            named = {sid for item in batch if isinstance(item, (list, tuple)) and len(item) == 3
+            cur.execute("INSERT INTO delivered (instance, last_seq) VALUES (%s, 0) ON CONFLICT DO NOTHING", (instance,))
+            cur.execute("SELECT last_seq FROM delivered WHERE instance = %s FOR UPDATE", (instance,))
+            first_mark = mark = cur.fetchone()[0]
+            named = {sid for item in batch if isinstance(item, (list, tuple)) and len(item) in (3, 5)
                      and isinstance(item[1], (list, tuple)) for sid in item[1] if type(sid) is int
                      and INT64[0] <= sid <= INT64[1]}
             # Locked in id order: a session deleted or cleared elsewhere waits for this batch.
@@ -375,18 +426,27 @@ class PostgresStore:
             existing = {session_id for (session_id,) in cur.fetchall()}
             rows: list[tuple[Any, ...]] = []
             kept: dict[int, tuple[list[int], Flow]] = {}
+            opened: set[int] = set()
+            live: list[tuple[str, Any, Any]] = []
             for item in batch:
+                op = ref = None
                 try:
-                    seq, session_ids, record = item
+                    if len(item) == 5:
+                        seq, session_ids, record, op, ref = item
+                    else:
+                        seq, session_ids, record = item
                 except (TypeError, ValueError):
                     rejected += 1
                     continue
-                if type(seq) is not int or not INT64[0] <= seq <= INT64[1]:
+                if type(seq) is not int or not INT64[0] <= seq <= INT64[1] or op not in _OPS:
                     rejected += 1
                     continue
                 if seq <= mark:
                     continue
                 mark = seq
+                if op in ("messages", "close"):
+                    live.append((op, ref, record))
+                    continue
                 try:
                     targets = link_targets(session_ids, existing)
                     flow = Flow.unpack(record)
@@ -398,25 +458,112 @@ class PostgresStore:
                     continue
                 rows.append((seq, targets, *columns, _ASSET(flow), record))
                 kept[seq] = (targets, flow)
+                if op == "open":
+                    opened.add(seq)
             if rows:
                 with cur.copy(_COPY) as copy:
                     for copied in rows:
                         copy.write_row(copied)
                 cur.execute(_MOVE, {"instance": instance, "appliance": self._appliance})
-                for flow_id, seq in cur.fetchall():
+                new = cur.fetchall()
+                sockets = [(flow_id, instance, seq) for flow_id, seq in new if seq in opened]
+                if sockets:
+                    cur.executemany("INSERT INTO websockets (flow_id, instance, open_seq) VALUES (%s, %s, %s)", sockets)
+                for flow_id, seq in new:
                     targets, flow = kept[seq]
                     stored.append((flow_id, targets, flow))
+            for op, ref, record in live:
+                try:
+                    with cur.connection.transaction():  # a savepoint: a bad item costs only itself
+                        self._live(cur, instance, op, ref, record, stored, added)
+                except (ValueError, TypeError, psycopg.DataError):
+                    rejected += 1
             if mark != first_mark:
-                cur.execute(
-                    "INSERT INTO delivered (instance, last_seq) VALUES (%s, %s) ON CONFLICT (instance)"
-                    " DO UPDATE SET last_seq = greatest(delivered.last_seq, excluded.last_seq)",
-                    (instance, mark),
-                )
+                cur.execute("UPDATE delivered SET last_seq = %s WHERE instance = %s", (mark, instance))
         self.rejected += rejected
         if on_stored is not None:
-            for flow_id, session_ids, flow in sorted(stored, key=lambda entry: entry[0]):
+            for flow_id, session_ids, flow in stored:
                 on_stored(flow_id, session_ids, flow)
+        if on_messages is not None:
+            for flow_id, (session_ids, count, new_count) in added.items():
+                on_messages(flow_id, session_ids, count, new_count)
         return mark
+
+    def _live(self, cur: psycopg.Cursor, instance: str, op: str, ref: Any, record: Any,
+              stored: list[tuple[int, list[int], Flow]], added: dict[int, list[Any]]) -> None:
+        """Messages for, or the end of, the live flow item ``ref`` opened; nothing if it is not stored."""
+        if type(ref) is not int or not INT64[0] <= ref <= INT64[1]:
+            raise ValueError("a live item names its flow by an integer")
+        cur.execute("SELECT flow_id, message_count FROM websockets WHERE instance = %s AND open_seq = %s FOR UPDATE",
+                    (instance, ref))
+        row = cur.fetchone()
+        if op == "messages":
+            batch = unpack_messages(record)
+            if row is None or not batch:
+                return
+            flow_id, count = row
+            cur.executemany(
+                "INSERT INTO websocket_messages (flow_id, n, record) VALUES (%s, %s, %s)",
+                [(flow_id, count + i, pack_message(message)) for i, message in enumerate(batch, 1)],
+            )
+            cur.execute("UPDATE websockets SET message_count = %s WHERE flow_id = %s", (count + len(batch), flow_id))
+            entry = added.get(flow_id)
+            if entry is None:
+                entry = added[flow_id] = [self._holders(cur, flow_id), count, 0]
+            entry[1] = count + len(batch)
+            entry[2] += len(batch)
+            return
+        flow_record, close_record = unpack_live_close(record)
+        flow = Flow.unpack(flow_record)
+        columns = _pg_columns(flow_row(flow), self._appliance_plain)
+        if row is None:
+            return
+        flow_id = row[0]
+        cur.execute(_UPDATE_FLOW, (*columns, _ASSET(flow), flow_id))
+        cur.execute("UPDATE flow_records SET record = %s WHERE id = %s", (flow_record, flow_id))
+        cur.execute("UPDATE websockets SET close = %s WHERE flow_id = %s", (close_record, flow_id))
+        stored.append((flow_id, self._holders(cur, flow_id), flow))
+
+    @staticmethod
+    def _holders(cur: psycopg.Cursor, flow_id: int) -> list[int]:
+        cur.execute("SELECT session_id FROM session_flows WHERE flow_id = %s ORDER BY session_id", (flow_id,))
+        return [session_id for (session_id,) in cur.fetchall()]
+
+    def messages(self, flow_id: int, offset: int = 0, limit: int = MAX_PAGE) -> tuple[list[WebSocketMessage], int]:
+        if type(flow_id) is not int:
+            raise Invalid("flow id must be an integer")
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
+        if type(offset) is not int or not 0 <= offset <= INT64[1]:
+            raise Invalid("offset must be a non-negative integer")
+        if not INT64[0] <= flow_id <= INT64[1]:
+            raise NotFound(f"no flow {flow_id}")
+        with self._read() as cur:
+            return self._messages(cur, flow_id, offset, limit)
+
+    def _messages(self, cur: psycopg.Cursor, flow_id: int, offset: int, limit: int) -> tuple[list[WebSocketMessage], int]:
+        cur.execute("SELECT message_count FROM websockets WHERE flow_id = %s", (flow_id,))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute("SELECT 1 FROM flows WHERE id = %s", (flow_id,))
+            if cur.fetchone() is None:
+                raise NotFound(f"no flow {flow_id}")
+            return [], 0
+        cur.execute("SELECT record FROM websocket_messages WHERE flow_id = %s AND n > %s ORDER BY n LIMIT %s",
+                    (flow_id, offset, limit))
+        return [unpack_message(bytes(record)) for (record,) in cur.fetchall()], row[0]
+
+    def websocket_close(self, flow_id: int) -> WebSocketClose | None:
+        if type(flow_id) is not int or not INT64[0] <= flow_id <= INT64[1]:
+            return None
+        with self._read() as cur:
+            return self._close(cur, flow_id)
+
+    @staticmethod
+    def _close(cur: psycopg.Cursor, flow_id: int) -> WebSocketClose | None:
+        cur.execute("SELECT close FROM websockets WHERE flow_id = %s", (flow_id,))
+        row = cur.fetchone()
+        return None if row is None or row[0] is None else unpack_close(bytes(row[0]))
 
     def last_seq(self, instance: str) -> int:
         with self._read() as cur:
@@ -516,9 +663,15 @@ class PostgresStore:
             raise Invalid("flow id must be an integer")
         with self._read() as cur:
             appliance, flow = self._load(cur, flow_id)
-            cur.execute("SELECT session_id FROM session_flows WHERE flow_id = %s ORDER BY session_id", (flow_id,))
-            session_ids = [session_id for (session_id,) in cur.fetchall()]
-        return {"id": flow_id, "session_ids": session_ids, **flow.detail(), "appliance": appliance or None}
+            session_ids = self._holders(cur, flow_id)
+            detail = {"id": flow_id, "session_ids": session_ids, **flow.detail(), "appliance": appliance or None}
+            grpc = grpc_section(flow)
+            if grpc is not None:
+                detail["grpc"] = grpc
+            if flow.kind == "websocket":
+                messages, count = self._messages(cur, flow_id, 0, DETAIL_MESSAGES)
+                detail["websocket"] = websocket_section(messages, count, self._close(cur, flow_id))
+        return detail
 
     def load_flow(self, flow_id: int) -> Flow:
         if type(flow_id) is not int:
@@ -660,6 +813,8 @@ class PostgresStore:
         cur.execute("DELETE FROM session_flows WHERE session_id = %s", (session_id,))
         cur.execute("DELETE FROM gone g WHERE EXISTS (SELECT 1 FROM session_flows sf WHERE sf.flow_id = g.flow_id)")
         cur.execute("DELETE FROM flow_records WHERE id IN (SELECT flow_id FROM gone)")
+        cur.execute("DELETE FROM websocket_messages WHERE flow_id IN (SELECT flow_id FROM gone)")
+        cur.execute("DELETE FROM websockets WHERE flow_id IN (SELECT flow_id FROM gone)")
         cur.execute("DELETE FROM flows WHERE id IN (SELECT flow_id FROM gone)")
 
     def _load(self, cur: psycopg.Cursor, flow_id: int) -> tuple[str, Flow]:
