@@ -1,6 +1,7 @@
 """Time the session manager's store answering listings and stats over many flows.
 
-    python bench/store_query.py [--flows 100000] [--body 2000] [--batch 128] [--db PATH]
+    python bench/store_query.py [--flows 100000] [--body 2000] [--batch 128]
+                                [--backend sqlite|postgresql|both] [--db PATH] [--postgres URL]
 
 Builds a store with one session of ``--flows`` flows (response bodies of
 random size up to twice ``--body`` bytes), ingested ``--batch`` at a time as
@@ -9,6 +10,13 @@ times each query: the first run, and the median of the next five.  A query
 the store pushes down to SQL reads only the summary columns; one with a
 residual (``~b``, ``~h``) decodes every candidate flow, and is shown for
 comparison.
+
+With ``--backend postgresql`` or ``both`` (the default), the same flows go
+into PostgreSQL too: the database ``--postgres`` names, or else a throwaway
+local server started the way the tests start one (tests/pgcluster.py:
+Debian's server, fsync off).  Ingest is also timed for the same batches sent
+again (a replay after a lost acknowledgement: every flow a conflict), and
+the query times are printed side by side.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -62,7 +71,7 @@ def packed_flow(i: int, rnd: random.Random, body_size: int) -> bytes:
     ).pack()
 
 
-def build(path: str, count: int, body_size: int, batch_size: int) -> tuple[Store, int]:
+def build(path: str, count: int, body_size: int, batch_size: int) -> tuple[Any, int]:
     """Ingest ``count`` flows in batches as the proxy ships them; report the CPU each flow cost."""
     store = open_store(path)
     session_id = store.create_session("bench")["id"]
@@ -81,9 +90,19 @@ def build(path: str, count: int, body_size: int, batch_size: int) -> tuple[Store
         raise SystemExit(f"the store holds {stored} of {count} flows: ingest rejected some")
     size = sum(os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix))
     user, system = ((after.ru_utime - cpu.ru_utime) / count * 1e6, (after.ru_stime - cpu.ru_stime) / count * 1e6)
-    print(f"ingested {count} flows in batches of {batch_size} in {elapsed:.1f} s ({count / elapsed:.0f}/s),"
-          f" CPU per flow {user:.1f} us user + {system:.1f} us system, longest call {longest * 1e3:.1f} ms CPU,"
-          f" store {size / 1e6:.0f} MB")
+    backend = store.health()["backend"]
+    print(f"{backend}: ingested {count} flows in batches of {batch_size} in {elapsed:.1f} s ({count / elapsed:.0f}/s),"
+          f" CPU per flow in this process {user:.1f} us user + {system:.1f} us system,"
+          f" longest call {longest * 1e3:.1f} ms CPU" + (f", store {size / 1e6:.0f} MB" if size else ""))
+    # The same batches again, as after a lost acknowledgement: nothing new may be stored.
+    replay = [(i + 1, [session_id], flows[i]) for i in range(count)]
+    started = time.perf_counter()
+    for first in range(0, count, batch_size):
+        store.ingest("bench", replay[first : first + batch_size])
+    elapsed = time.perf_counter() - started
+    if store.get_session(session_id)["flow_count"] != count:
+        raise SystemExit("a replayed batch stored flows twice")
+    print(f"{backend}: replayed the same {count} flows in {elapsed:.1f} s ({count / elapsed:.0f}/s), none stored twice")
     return store, session_id
 
 
@@ -120,24 +139,60 @@ def measure(call, runs: int = 5) -> tuple[float, float]:
     return first * 1000, statistics.median(times) * 1000
 
 
+def run_queries(store: Any, session_id: int) -> list[tuple[str, float, float, int | None]]:
+    rows = []
+    for label, kwargs in QUERIES:
+        result: list[Any] = []
+        first, median = measure(lambda: result.append(store.list_flows(session_id, **kwargs)))
+        rows.append((label, first, median, result[-1][1]))
+    first, median = measure(lambda: store.stats(session_id))
+    rows.append(("stats", first, median, None))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--flows", type=int, default=100_000)
     parser.add_argument("--body", type=int, default=2000, help="mean response body size in bytes")
     parser.add_argument("--batch", type=int, default=128, help="flows per ingest call (one transaction)")
-    parser.add_argument("--db", help="store file (default: a temporary one)")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--db", help="SQLite file (default: a temporary one)")
+    parser.add_argument("--postgres", metavar="URL", help="an empty PostgreSQL database (default: a throwaway local server)")
     options = parser.parse_args()
-    directory = tempfile.mkdtemp(prefix="store-bench-")
-    path = options.db or os.path.join(directory, "capture.sqlite")
-    store, session_id = build(path, options.flows, options.body, options.batch)
-    print(f"{'query':40} {'first ms':>9} {'median ms':>10} {'total':>7}")
-    for label, kwargs in QUERIES:
-        result = []
-        first, median = measure(lambda: result.append(store.list_flows(session_id, **kwargs)))
-        print(f"{label:40} {first:9.1f} {median:10.1f} {result[-1][1]:7}")
-    first, median = measure(lambda: store.stats(session_id))
-    print(f"{'stats':40} {first:9.1f} {median:10.1f}")
-    store.close()
+    databases = []
+    cluster = None
+    if options.backend in ("sqlite", "both"):
+        databases.append(options.db or os.path.join(tempfile.mkdtemp(prefix="store-bench-"), "capture.sqlite"))
+    if options.backend in ("postgresql", "both"):
+        if options.postgres:
+            databases.append(options.postgres)
+        else:
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+            import pgcluster
+
+            reason = pgcluster.missing_reason()
+            if reason is not None:
+                raise SystemExit(f"no PostgreSQL to measure: {reason}")
+            cluster = pgcluster.Cluster()
+            cluster.start()
+            databases.append(cluster.create_database())
+    try:
+        results = []
+        for database in databases:
+            store, session_id = build(database, options.flows, options.body, options.batch)
+            results.append((store.health()["backend"], run_queries(store, session_id)))
+            store.close()
+    finally:
+        if cluster is not None:
+            cluster.remove()
+    header = f"{'query':40}" + "".join(f" {name + ' first':>17} {name + ' median':>17}" for name, _ in results)
+    print(header + f" {'total':>7}")
+    for i, (label, *_rest) in enumerate(results[0][1]):
+        line = f"{label:40}"
+        for _, rows in results:
+            line += f" {rows[i][1]:14.1f} ms {rows[i][2]:14.1f} ms"
+        total = results[0][1][i][3]
+        print(line + (f" {total:7}" if total is not None else ""))
 
 
 if __name__ == "__main__":

@@ -124,8 +124,7 @@ def database_line(database: Any) -> str:
     """The store in a few words: which, and plainly whether it answers and why not."""
     if not isinstance(database, dict):
         return "-"
-    where = database.get("url") or database.get("path") or ""
-    name = f"{database.get('backend', '?')} {where}".strip()
+    name = database.get("url") or f"{database.get('backend', '?')} {database.get('path') or ''}".strip()
     if database.get("reachable") is None:
         return f"{database.get('error') or 'unknown'}"
     if database.get("reachable"):

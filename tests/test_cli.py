@@ -346,3 +346,15 @@ def test_sse_parser_reads_events_and_skips_comments():
     stream = io.BytesIO(b": capture events\n\nevent: flow\ndata: {\"id\": 1}\n\n: keepalive\n\n"
                         b"event: state\r\ndata: {\"state\": \"paused\"}\r\n\r\n")
     assert list(cli.sse_events(stream, None)) == [("flow", {"id": 1}), ("state", {"state": "paused"})]
+
+
+def test_database_line_says_plainly_whether_the_store_answers():
+    """capturectl status's database line: the store, and UNREACHABLE with since and why when it does not answer."""
+    from capture.cli_format import database_line
+
+    down = {"backend": "postgresql", "url": "postgresql://capture@db:5432/capture", "reachable": False,
+            "error": "connection refused", "since": "2026-01-01T00:00:00.000Z"}
+    assert database_line(down) == ("postgresql://capture@db:5432/capture, UNREACHABLE since"
+                                   " 2026-01-01T00:00:00.000Z: connection refused")
+    assert database_line({"backend": "sqlite", "path": "/v/c.sqlite", "reachable": True}) == "sqlite /v/c.sqlite, reachable"
+    assert database_line(None) == "-"

@@ -19,6 +19,8 @@ from capture.flow import Flow, Message
 from capture.sessiond import query as push_down
 from capture.sessiond.query import MAX_PUSH_DEPTH, Query, QueryError, order_by
 from capture.sessiond.store import SQLiteStore as Store
+from capture.sessiond.store import open_store
+from conftest import STORE_BACKENDS, fresh_database
 from capture.sessiond.store.sqlite import DIALECT, SQL_FUNCTIONS
 
 T0 = 1_700_000_000.0
@@ -249,10 +251,10 @@ def random_flow(rnd: random.Random, i: int) -> Flow:
     )
 
 
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    """A store holding 400 random flows in one session (and a few in another), and those flows by id."""
-    store = Store(str(tmp_path_factory.mktemp("query") / "capture.sqlite"))
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def sample(request, tmp_path_factory):
+    """A store of each backend holding 400 random flows in one session (and a few in another), and those flows by id."""
+    store = open_store(fresh_database(request.param, tmp_path_factory.mktemp("query"), request))
     session_id = store.create_session("s")["id"]
     other = store.create_session("other")["id"]
     rnd = random.Random(20240601)
@@ -271,7 +273,7 @@ PATTERNS = [
     "caf\u00e9", "CAF\u00c9", "a.b", "a\\.b", "%", "_", "50%_", "\\\\", "", "x|y", "[0-9]+", "image/",
     "charset", "a b", "nul", "host", ".", "..", "json;", "html;charset=k", "woff", "\\d{3}",
 ]
-REGEX_NAMES = ["m", "u", "d", "h", "hq", "hs", "b", "bq", "bs", "t", "tq", "ts", "src", "dst"]
+REGEX_NAMES = ["m", "u", "d", "h", "hq", "hs", "b", "bq", "bs", "t", "tq", "ts", "src", "dst", "via"]
 FLAG_NAMES = ["all", "q", "s", "e", "http", "tcp", "a"]
 
 

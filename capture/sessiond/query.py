@@ -53,6 +53,7 @@ SORTS = {
 """Sort keys for listings, and the column each orders by (``sf`` is session_flows)."""
 
 ORDERS = ("asc", "desc")
+_NULLABLE_SORTS = frozenset({"f.duration_ms"})
 
 # Trees deeper than this are left to Python whole: it keeps the translation
 # clear of Python's recursion limit and the SQL clear of SQLite's expression
@@ -120,12 +121,16 @@ class QueryError(ValueError):
 class Query:
     """``where`` (never NULL for any row) and ``params``, then ``residual`` on the decoded flow.
 
-    ``residual`` is None when the SQL alone is exact.
+    ``residual`` is None when the SQL alone is exact.  ``plain_exact``: the
+    SQL is exact on every row marked ``f.plain``, and the residual is needed
+    only for the others (a backend without the regex function), so where the
+    candidates are all plain, the store may skip it.
     """
 
     where: str
     params: tuple[Any, ...] = ()
     residual: Filter | None = None
+    plain_exact: bool = False
 
 
 def translate(tree: Filter, dialect: Dialect, max_params: int = 999) -> Query:
@@ -142,7 +147,7 @@ def translate(tree: Filter, dialect: Dialect, max_params: int = 999) -> Query:
         return Query(TRUE, (), tree)
     if len(query.params) > max_params:
         return Query(TRUE, (), tree)
-    return Query(query.where, query.params, query.residual)
+    return Query(query.where, query.params, query.residual, query.residual is not None and query.plain_exact)
 
 
 def order_by(sort: str, order: str, dialect: Dialect | None = None) -> str:
@@ -162,7 +167,8 @@ def order_by(sort: str, order: str, dialect: Dialect | None = None) -> str:
     nulls = ""
     if dialect is not None and dialect.nulls:
         nulls = " NULLS FIRST" if order == "asc" else " NULLS LAST"
-    return ", ".join(f"{key} {direction}{nulls}" for key in keys)
+    # Only a column that holds NULL says so: on the others it would keep an index from giving the order.
+    return ", ".join(f"{key} {direction}{nulls if key in _NULLABLE_SORTS else ''}" for key in keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,8 @@ class _Part:
     where: str | None  # None: nothing of this node is in SQL
     params: tuple[Any, ...]
     residual: Filter | None
+    # With a residual: ``where`` is exact on plain rows and true on the others.
+    plain_exact: bool = False
 
 
 def _translate(node: Filter, dialect: Dialect) -> _Part:
@@ -183,16 +191,22 @@ def _translate(node: Filter, dialect: Dialect) -> _Part:
             where, params = f"({left.where} AND {right.where})", left.params + right.params
         residuals = [part.residual for part in (left, right) if part.residual is not None]
         residual = And(*residuals) if len(residuals) == 2 else (residuals[0] if residuals else None)
-        return _Part(where, params, residual)
+        plain_exact = all(_exact(part) or part.plain_exact for part in (left, right))
+        return _Part(where, params, residual, plain_exact)
     if isinstance(node, Or):
         left, right = _translate(node.left, dialect), _translate(node.right, dialect)
         if _exact(left) and _exact(right):
             return _Part(f"({left.where} OR {right.where})", left.params + right.params, None)
+        if all(_exact(part) or part.plain_exact for part in (left, right)):
+            # On a row that is not plain the inexact side is true, so the OR is too.
+            return _Part(f"({left.where} OR {right.where})", left.params + right.params, node, True)
         return _Part(None, (), node)
     if isinstance(node, Not):
         inner = _translate(node.inner, dialect)
         if _exact(inner):
             return _Part(f"(NOT {inner.where})", inner.params, None)
+        if inner.plain_exact:
+            return _Part(f"(f.plain = 0 OR NOT {inner.where})", inner.params, node, True)
         return _Part(None, (), node)
     return _leaf(node, dialect)
 
@@ -219,12 +233,13 @@ def _leaf(node: Filter, dialect: Dialect) -> _Part:
             if request is None or response is None:
                 return _Part(None, (), node)
             exact = request[2] and response[2]
-            return _Part(f"({request[0]} OR {response[0]})", request[1] + response[1], None if exact else node)
+            return _Part(f"({request[0]} OR {response[0]})", request[1] + response[1], None if exact else node,
+                         not exact)
         column = _SEARCHED.get(node.name)
         found = None if column is None else _search(node.name, node.pattern_text, column, dialect)
         if found is None:
             return _Part(None, (), node)
-        return _Part(found[0], found[1], None if found[2] else node)
+        return _Part(found[0], found[1], None if found[2] else node, not found[2])
     return _Part(None, (), node)
 
 

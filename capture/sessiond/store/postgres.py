@@ -595,6 +595,11 @@ class PostgresStore:
         params = (session_id, *plan.params)
         with self._read() as cur:
             flow_count = self._session_row(cur, session_id)[11]
+            if residual is not None and predicate is None and plan.plain_exact:
+                # The SQL is exact on plain rows: when every candidate is one, it answers alone.
+                cur.execute(f"SELECT EXISTS (SELECT 1 {where} AND f.plain = 0)", params)
+                if not cur.fetchone()[0]:
+                    residual = None
             if residual is None:
                 cur.execute(
                     f"SELECT {SUMMARY_COLUMNS} {where} ORDER BY {ordering} LIMIT %s OFFSET %s",
