@@ -549,3 +549,17 @@ def test_passthrough_request_resets_and_seed_restores(manager: SessionManager) -
     assert [(e["client"], e["host"]) for e in listed] == [("10.0.0.9", "pinned.example")]
     assert peer.call("passthrough.rejected", client="10.0.0.8", host="x", at=9.0)["result"] == {"passed": True}
     assert len(peer.call("passthrough.list")["result"]["passthrough"]) == 2
+
+
+def test_rules_decide_via_for_this_appliance(store: Store) -> None:
+    """A capture filter naming appliances (~via) reaches the proxy already decided for this one."""
+    manager = SessionManager(store, PID, appliance="floor-2")
+    here = store.create_session("here", filter="~via floor & ~m GET")
+    there = store.create_session("there", filter="~via 'floor-3' | ~d example")
+    peer = Peer(manager)
+    _, rules = peer.hello()
+    filters_by_id = {s["id"]: s["filter"] for s in rules["sessions"]}
+    assert filters_by_id[here["id"]] == "~all & ~m GET"
+    assert filters_by_id[there["id"]] == "!~all | ~d example"
+    # The sessions themselves keep the filter as written.
+    assert store.get_session(here["id"])["filter"] == "~via floor & ~m GET"

@@ -105,7 +105,8 @@ class SessionManager:
 
         def read(sessions: list[dict[str, Any]]) -> None:
             self._session_count = len(sessions)
-            self._rules = [session for session in sessions if session["state"] == "capturing"]
+            self._rules = [_for_appliance(session, self.appliance) for session in sessions
+                           if session["state"] == "capturing"]
             _write_rules(self._rules_cache, self._rules)
             message = wire.encode("rules", sessions=self._rules)
             for proxy in list(self.proxies if proxies is None else proxies):
@@ -249,6 +250,35 @@ def _check_filter(expression: str) -> filters.Filter:
         return filters.parse(expression)
     except filters.FilterError as e:
         raise Invalid(f"bad filter: {e}") from None
+
+
+def _for_appliance(session: dict[str, Any], appliance: str) -> dict[str, Any]:
+    """A session's rule as this appliance's proxies apply it: ``~via`` decided here, once.
+
+    The proxy's flows do not carry the appliance's name; a capture filter
+    ``~via floor-2`` means "capture on floor-2", so each term becomes true or
+    false for this appliance before the rule is pushed.
+    """
+    expression = session.get("filter") or ""
+    if "~via" not in expression:
+        return session
+    try:
+        tree = filters.parse(expression)
+    except filters.FilterError:
+        return session
+    return {**session, "filter": str(_decide_via(tree, appliance))}
+
+
+def _decide_via(node: filters.Filter, appliance: str) -> filters.Filter:
+    if isinstance(node, filters.And):
+        return filters.And(_decide_via(node.left, appliance), _decide_via(node.right, appliance))
+    if isinstance(node, filters.Or):
+        return filters.Or(_decide_via(node.left, appliance), _decide_via(node.right, appliance))
+    if isinstance(node, filters.Not):
+        return filters.Not(_decide_via(node.inner, appliance))
+    if isinstance(node, filters.Regex) and node.name == "via":
+        return filters.Const(node.pattern.search(appliance) is not None)
+    return node
 
 
 def _read_rules(path: str | None) -> list[dict[str, Any]] | None:
