@@ -557,7 +557,7 @@ def test_rules_decide_via_for_this_appliance(store: Store) -> None:
     here = store.create_session("here", filter="~via floor & ~m GET")
     there = store.create_session("there", filter="~via 'floor-3' | ~d example")
     peer = Peer(manager)
-    _, rules = peer.hello()
+    _, rules, _ = peer.hello()  # welcome, rules, passthrough table
     filters_by_id = {s["id"]: s["filter"] for s in rules["sessions"]}
     assert filters_by_id[here["id"]] == "~all & ~m GET"
     assert filters_by_id[there["id"]] == "!~all | ~d example"

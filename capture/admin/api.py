@@ -205,7 +205,7 @@ class AdminApi(resource.Resource):
         unknown = set(fields) - {"older_than"}
         if unknown or "older_than" not in fields:
             raise ApiError(400, 'expected {"older_than": AGE}, AGE as seconds or a string like "30d", "12h", "90m"')
-        return 200, await self._shipper.call("sessions.prune", older_than=age_seconds(fields["older_than"]))
+        return 200, await self._call("sessions.prune", older_than=age_seconds(fields["older_than"]))
 
     async def _get_session(self, request: server.Request, session_id: str) -> tuple[int, Any]:
         return 200, await self._call("sessions.get", session_id=int(session_id))
