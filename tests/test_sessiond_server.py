@@ -563,3 +563,48 @@ def test_rules_decide_via_for_this_appliance(store: Store) -> None:
     assert filters_by_id[there["id"]] == "!~all | ~d example"
     # The sessions themselves keep the filter as written.
     assert store.get_session(here["id"])["filter"] == "~via floor & ~m GET"
+
+
+class Outage:
+    """A store whose ingest fails as an unreachable database does, until ``down`` is cleared."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.down = True
+        self.attempts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def ingest(self, *args: Any) -> int:
+        self.attempts += 1
+        if self.down:
+            from capture.sessiond.store import Unavailable
+
+            raise Unavailable("database unreachable: connection refused")
+        return self._store.ingest(*args)
+
+
+def test_batches_wait_unacked_while_the_store_is_unreachable(store: Store) -> None:
+    """While the store is unreachable no batch is acked, the connection stays, and batches are retried
+    in order every RETRY_INTERVAL; once it answers, each is stored once and acked in order."""
+    from capture.sessiond import server as server_module
+
+    clock = MemoryReactorClock()
+    outage = Outage(store)
+    manager = SessionManager(outage, PID, reactor=clock)
+    session = store.create_session("s")
+    peer = Peer(manager)
+    peer.hello()
+    peer.send("flows", instance=INSTANCE, items=items([session["id"]], range(1, 4)))
+    peer.send("flows", instance=INSTANCE, items=items([session["id"]], range(4, 6)))
+    assert peer.received() == [] and not peer.transport.disconnecting
+    assert outage.attempts == 1  # the second batch waits behind the first
+    clock.advance(server_module.RETRY_INTERVAL)
+    assert outage.attempts == 2 and peer.received() == []
+    outage.down = False
+    clock.advance(server_module.RETRY_INTERVAL)
+    acks = [m for m in peer.received() if m["t"] == "ack"]
+    assert [a["seq"] for a in acks] == [3, 5]
+    assert store.list_flows(session["id"])[1] == 5
+    assert manager.call("status", {}).result[0]["database"]["reachable"] is True

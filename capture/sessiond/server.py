@@ -132,7 +132,7 @@ class SessionManager:
                 self.log.warn("database unreachable: {error}", error=health["error"])
                 return
             for proxy in list(self.proxies):
-                proxy.pump()
+                proxy.pump(now=True)
         self.refresh_rules()
 
     # -- calls ---------------------------------------------------------------------
@@ -394,11 +394,13 @@ class SessionProtocol(Protocol):
 
     # -- ingest ----------------------------------------------------------------------
 
-    def pump(self) -> None:
-        """Store the batch at the front, unless one is being stored or waits for a retry."""
+    def pump(self, now: bool = False) -> None:
+        """Store the batch at the front, unless one is being stored or (``now`` aside) waits for a retry."""
         if self._storing or not self._batches or not self.connected:
             return
         if self._retry is not None and self._retry.active():
+            if not now:
+                return
             self._retry.cancel()
         self._retry = None
         instance, items = self._batches[0]
@@ -438,7 +440,7 @@ class SessionProtocol(Protocol):
                               error=reason.getErrorMessage())
                 self._holding = True
             if self._retry is None or not self._retry.active():
-                self._retry = self.manager.reactor.callLater(RETRY_INTERVAL, self.pump)
+                self._retry = self.manager.reactor.callLater(RETRY_INTERVAL, self.pump, True)
             return
         if reason.check(StoreError):
             # Nothing was acked, so the proxy resends once it reconnects.
