@@ -54,6 +54,7 @@ SORTS = {
 
 ORDERS = ("asc", "desc")
 _NULLABLE_SORTS = frozenset({"f.duration_ms"})
+_TEXT_SORTS = frozenset({"f.method", "lower(f.host)", "f.path", "f.client", "lower(f.content_type)"})
 
 # Trees deeper than this are left to Python whole: it keeps the translation
 # clear of Python's recursion limit and the SQL clear of SQLite's expression
@@ -98,7 +99,8 @@ class Dialect:
     filter's name, the pattern and the text; None when the backend cannot, so
     those terms stay residual.  ``asset`` is the ``~a`` test.  ``nulls``:
     ORDER BY must say NULLS FIRST/LAST to put NULL before every value, as
-    SQLite does.
+    SQLite does.  ``text_order`` follows a text sort key (a COLLATE clause)
+    so that text sorts by code point, as SQLite's does.
     """
 
     param: str
@@ -107,6 +109,7 @@ class Dialect:
     search: str | None
     asset: str
     nulls: bool = False
+    text_order: str = ""
 
 
 #: The condition every row meets: what a filter with nothing in SQL pushes down.
@@ -168,7 +171,11 @@ def order_by(sort: str, order: str, dialect: Dialect | None = None) -> str:
     if dialect is not None and dialect.nulls:
         nulls = " NULLS FIRST" if order == "asc" else " NULLS LAST"
     # Only a column that holds NULL says so: on the others it would keep an index from giving the order.
-    return ", ".join(f"{key} {direction}{nulls if key in _NULLABLE_SORTS else ''}" for key in keys)
+    text = dialect.text_order if dialect is not None else ""
+    return ", ".join(
+        f"{key}{text if key in _TEXT_SORTS else ''} {direction}{nulls if key in _NULLABLE_SORTS else ''}"
+        for key in keys
+    )
 
 
 @dataclass(frozen=True, slots=True)

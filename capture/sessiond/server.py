@@ -35,7 +35,7 @@ from capture.sessiond.passthrough import Passthrough
 from capture.sessiond.store import Invalid, Store, StoreError, Unavailable
 
 # Calls that change which sessions capture, so the rules must be pushed again.
-_RULE_CHANGES = {"sessions.create", "sessions.pause", "sessions.resume", "sessions.stop", "sessions.clear",
+_RULE_CHANGES = {"sessions.create", "sessions.rename", "sessions.pause", "sessions.resume", "sessions.stop", "sessions.clear",
                  "sessions.delete", "sessions.prune"}
 RETRY_INTERVAL = 1.0
 

@@ -228,6 +228,8 @@ DIALECT = query.Dialect(
     search=None,
     asset="f.asset",
     nulls=True,
+    # Text sorts in code point order, as SQLite's, whatever the database's locale.
+    text_order=' COLLATE "C"',
 )
 _ASSET = filters.Flag("a")
 # PostgreSQL's limit on one statement's parameters.
@@ -349,6 +351,18 @@ class PostgresStore:
         with self._read() as cur:
             cur.execute(f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY id")
             return [session_dict(row) for row in cur.fetchall()]
+
+    def rename(self, session_id: int, name: str) -> dict[str, Any]:
+        name = check_name(name)
+        if "\x00" in name:
+            raise Invalid("name must not contain NUL characters")
+        with self._write() as cur:
+            self._session_row(cur, session_id, lock=True)
+            cur.execute(f"UPDATE sessions SET name = %s, updated = %s WHERE id = %s RETURNING {SESSION_COLUMNS}",
+                        (name, self._clock(), session_id))
+            row = cur.fetchone()
+            self._notify(cur, session_id)
+        return session_dict(row)
 
     def pause(self, session_id: int) -> dict[str, Any]:
         return self._transition(session_id, ("capturing",), "paused", "pause")
