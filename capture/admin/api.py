@@ -21,10 +21,9 @@ from twisted.web import resource, server
 import segno
 
 from capture import labaddress
-from capture.admin import signin
 from capture.admin.events import EventStream
 from capture.admin.replay import ReplayEntry, ReplayError, replay_request
-from capture.admin.signin import SignIns
+from capture.admin.signin import SignIns, cookie_value
 from capture.admin.webui import cookie_allowed, secure_headers
 from capture.shipper import CallFailed, Interrupted, Shipper, Unavailable
 
@@ -115,7 +114,7 @@ class AdminApi(resource.Resource):
             if scheme.lower() == b"bearer" and self._sign_ins.token_matches(token.strip()):
                 return
             raise ApiError(401, "missing or wrong bearer token")
-        if not self._sign_ins.valid(signin.cookie_value(request.getHeader(b"cookie"))):
+        if not self._sign_ins.valid(cookie_value(request.getHeader(b"cookie"))):
             raise ApiError(401, "missing or wrong bearer token")
         if not cookie_allowed(request):
             raise ApiError(403, "cross-origin request refused: the Origin is not this admin listener's")

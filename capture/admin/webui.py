@@ -15,8 +15,7 @@ from urllib.parse import parse_qs
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from capture.admin import signin
-from capture.admin.signin import SignIns
+from capture.admin.signin import SignIns, clear_cookie, cookie_request_allowed, cookie_value, set_cookie
 
 STATIC_DIR = Path(__file__).with_name("ui")
 CONTENT_TYPES = {
@@ -61,8 +60,8 @@ def secure_headers(request: server.Request, policy: bytes = UI_POLICY) -> None:
 
 
 def cookie_allowed(request: server.Request) -> bool:
-    """Whether this request may act with the UI cookie (see ``signin.cookie_request_allowed``)."""
-    return signin.cookie_request_allowed(
+    """Whether this request may act with the UI cookie (see ``capture.admin.signin.cookie_request_allowed``)."""
+    return cookie_request_allowed(
         request.method, request.getHeader(b"origin"), request.getHeader(b"sec-fetch-site"),
         request.getHeader(b"host"), request.isSecure(),
     )
@@ -83,7 +82,7 @@ class WebUi(resource.Resource):
         secure_headers(request)
         name = _below_ui(request)
         if name == "session":  # asked at load, so that a signed-out page logs no 401
-            signed_in = self._sign_ins.valid(signin.cookie_value(request.getHeader(b"cookie")))
+            signed_in = self._sign_ins.valid(cookie_value(request.getHeader(b"cookie")))
             return _json(request, 200, {"signed_in": signed_in})
         if name in ("", "index.html"):
             token = request.args.get(b"token")
@@ -115,15 +114,15 @@ class WebUi(resource.Resource):
             return _json(request, 403, {"error": "cross-origin request refused"})
         secure = request.isSecure()
         if name == "signout":
-            self._sign_ins.sign_out(signin.cookie_value(request.getHeader(b"cookie")))
-            request.setHeader(b"Set-Cookie", signin.clear_cookie(secure))
+            self._sign_ins.sign_out(cookie_value(request.getHeader(b"cookie")))
+            request.setHeader(b"Set-Cookie", clear_cookie(secure))
             return _json(request, 200, {"signed_in": False})
         token = _posted_token(request)
         sign_in = self._sign_ins.sign_in(token)
         if sign_in is None:
             self.log.info("web UI sign-in refused from {client}", client=request.getClientAddress().host)
             return _json(request, 401, {"error": "wrong admin token"})
-        request.setHeader(b"Set-Cookie", signin.set_cookie(sign_in, secure))
+        request.setHeader(b"Set-Cookie", set_cookie(sign_in, secure))
         return _json(request, 200, {"signed_in": True})
 
     def _sign_in_link(self, request: server.Request, token: bytes) -> bytes:
@@ -133,7 +132,7 @@ class WebUi(resource.Resource):
         if sign_in is None:
             request.redirect(b"/ui/#signin-failed")
         else:
-            request.setHeader(b"Set-Cookie", signin.set_cookie(sign_in, request.isSecure()))
+            request.setHeader(b"Set-Cookie", set_cookie(sign_in, request.isSecure()))
             request.redirect(b"/ui/")
         return b""
 
