@@ -159,12 +159,14 @@ class AdminApi(resource.Resource):
         """
         wait = self._proxy.settings.admin.session_manager_wait
         deadline = self._reactor.seconds() + wait
+        remaining = wait  # the whole bound for the first wait, so a 503 names it exactly
         while True:
-            await self._shipper.wait_ready(max(0.0, deadline - self._reactor.seconds()))
+            await self._shipper.wait_ready(remaining)
             try:
                 return await self._shipper.call(method, on_chunk=on_chunk, **args)
             except Interrupted:
-                if method not in _READS or self._reactor.seconds() >= deadline:
+                remaining = deadline - self._reactor.seconds()
+                if method not in _READS or remaining <= 0:
                     raise
 
     # -- routes -------------------------------------------------------------------
