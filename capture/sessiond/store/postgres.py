@@ -66,9 +66,11 @@ from capture.sessiond.store.rows import (
     check_clients,
     check_cookies,
     check_name,
+    check_page,
     combine,
     flow_row,
     link_targets,
+    plan,
     plain,
     session_dict,
     summary_from_row,
@@ -546,10 +548,7 @@ class PostgresStore:
     def messages(self, flow_id: int, offset: int = 0, limit: int = MAX_PAGE) -> tuple[list[WebSocketMessage], int]:
         if type(flow_id) is not int:
             raise Invalid("flow id must be an integer")
-        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
-            raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
-        if type(offset) is not int or not 0 <= offset <= INT64[1]:
-            raise Invalid("offset must be a non-negative integer")
+        check_page(limit, offset)
         if not INT64[0] <= flow_id <= INT64[1]:
             raise NotFound(f"no flow {flow_id}")
         with self._read() as cur:
@@ -595,10 +594,7 @@ class PostgresStore:
         order: str = "asc",
         predicate: Callable[[Flow], bool] | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
-            raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
-        if type(offset) is not int or not 0 <= offset <= INT64[1]:
-            raise Invalid("offset must be a non-negative integer")
+        check_page(limit, offset)
         try:
             ordering = query.order_by(sort, order, DIALECT)
         except query.QueryError as e:
@@ -919,16 +915,7 @@ def _migrate(conn: psycopg.Connection) -> None:
 
 
 def _plan(expression: str | filters.Filter) -> query.Query:
-    if isinstance(expression, filters.Filter):
-        tree = expression
-    elif isinstance(expression, str):
-        try:
-            tree = filters.parse(expression)
-        except filters.FilterError as e:
-            raise Invalid(f"bad filter: {e}") from None
-    else:
-        raise Invalid("filter must be a string")
-    return query.translate(tree, DIALECT, _MAX_PARAMS - 8)
+    return plan(expression, DIALECT, _MAX_PARAMS)
 
 
 def _pg_columns(columns: tuple[Any, ...], appliance_plain: int) -> tuple[Any, ...]:

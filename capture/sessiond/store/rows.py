@@ -16,7 +16,8 @@ from typing import Any
 
 from capture import filters
 from capture.flow import Flow, iso_time, media_type
-from capture.sessiond.store.interface import MAX_NAME, Invalid
+from capture.sessiond import query
+from capture.sessiond.store.interface import MAX_NAME, MAX_PAGE, Invalid
 
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -41,6 +42,31 @@ def combine(
         return predicate
     return lambda flow: residual(flow) and predicate(flow)
 
+
+
+def check_page(limit: object, offset: object) -> None:
+    """Invalid unless ``limit`` and ``offset`` ask for a page a store can serve."""
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+        raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
+    if type(offset) is not int or not 0 <= offset <= INT64[1]:
+        raise Invalid("offset must be a non-negative integer")
+
+
+def plan(expression: object, dialect: query.Dialect, max_params: int) -> query.Query:
+    """The filter split into SQL and residual; Invalid naming the position for a bad one.
+
+    ``max_params`` leaves room for the statement's own parameters (session, paging).
+    """
+    if isinstance(expression, filters.Filter):
+        tree = expression
+    elif isinstance(expression, str):
+        try:
+            tree = filters.parse(expression)
+        except filters.FilterError as e:
+            raise Invalid(f"bad filter: {e}") from None
+    else:
+        raise Invalid("filter must be a string")
+    return query.translate(tree, dialect, max_params - 8)
 
 
 def check_name(name: object) -> str:

@@ -61,16 +61,17 @@ from capture.sessiond.store.interface import (
     Unavailable,
 )
 from capture.sessiond.store.rows import (
-    INT64,
     SESSION_COLUMNS,
     SUMMARY_COLUMNS,
     check_clients,
     check_cookies,
     check_name,
+    check_page,
     combine,
     derived_columns,
     flow_row,
     link_targets,
+    plan,
     plain,
     session_dict,
     summary_from_row,
@@ -658,10 +659,7 @@ class SQLiteStore:
         """A page of a WebSocket flow's messages in the order they passed, and how many it has."""
         if type(flow_id) is not int:
             raise Invalid("flow id must be an integer")
-        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
-            raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
-        if type(offset) is not int or not 0 <= offset <= INT64[1]:
-            raise Invalid("offset must be a non-negative integer")
+        check_page(limit, offset)
         row = self._db.execute("SELECT message_count FROM websockets WHERE flow_id = ?", (flow_id,)).fetchone()
         if row is None:
             if self._db.execute("SELECT 1 FROM flows WHERE id = ?", (flow_id,)).fetchone() is None:
@@ -704,10 +702,7 @@ class SQLiteStore:
         included.  Otherwise the candidates SQL selects are read in order,
         decoded and tested, and the page cut here.
         """
-        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
-            raise Invalid(f"limit must be an integer from 1 to {MAX_PAGE}")
-        if type(offset) is not int or not 0 <= offset <= INT64[1]:
-            raise Invalid("offset must be a non-negative integer")
+        check_page(limit, offset)
         try:
             ordering = query.order_by(sort, order, DIALECT)
         except query.QueryError as e:
@@ -916,18 +911,7 @@ class SQLiteStore:
         db.execute("DELETE FROM temp.gone")
 
     def _plan(self, expression: str | filters.Filter) -> query.Query:
-        """The filter split into SQL and residual; Invalid naming the position for a bad one."""
-        if isinstance(expression, filters.Filter):
-            tree = expression
-        elif isinstance(expression, str):
-            try:
-                tree = filters.parse(expression)
-            except filters.FilterError as e:
-                raise Invalid(f"bad filter: {e}") from None
-        else:
-            raise Invalid("filter must be a string")
-        # Leave room for the statement's own parameters (session, paging).
-        return query.translate(tree, DIALECT, self._max_params - 8)
+        return plan(expression, DIALECT, self._max_params)
 
     def _candidates(self, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[int, str, Flow]]:
         """Decode the flows whose ids ``sql`` selects, in its order, a chunk at a time.
