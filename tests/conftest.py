@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,6 +164,16 @@ class Appliance:
     @property
     def token(self) -> str:
         return (self.var / "admin.token").read_text().strip()
+
+    def tunnel(self, port: int, host: str = "localhost") -> socket.socket:
+        """A socket through the proxy's CONNECT to ``host:port``, past its 200 reply."""
+        sock = socket.create_connection(("127.0.0.1", self.proxy_port), timeout=10)
+        sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += sock.recv(1024)
+        assert reply.startswith(b"HTTP/1.1 200")
+        return sock
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}

@@ -197,12 +197,7 @@ def test_passthrough_host_sees_the_origin_certificate(make_appliance, tls_origin
 
 
 def _tls_through_proxy(appliance, port: int, cafile: str) -> ssl.SSLSocket:
-    sock = socket.create_connection(("127.0.0.1", appliance.proxy_port), timeout=10)
-    sock.sendall(f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        reply += sock.recv(1024)
-    assert reply.startswith(b"HTTP/1.1 200")
+    sock = appliance.tunnel(port)
     context = ssl.create_default_context(cafile=cafile)
     return context.wrap_socket(sock, server_hostname="localhost")
 

@@ -24,19 +24,9 @@ def tls_origin(tmp_path_factory):
     origin.stop()
 
 
-def _connect(appliance, port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", appliance.proxy_port), timeout=10)
-    sock.sendall(f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        reply += sock.recv(1024)
-    assert reply.startswith(b"HTTP/1.1 200")
-    return sock
-
-
 def cut_after_server_flight(appliance, port: int, reset: bool) -> None:
     """Send a ClientHello, read the server's whole first flight, then vanish (RST or FIN), sending nothing more."""
-    sock = _connect(appliance, port)
+    sock = appliance.tunnel(port)
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -65,7 +55,7 @@ def cut_after_server_flight(appliance, port: int, reset: bool) -> None:
 def trusting_get(appliance, port: int) -> bytes:
     """A client that trusts the capture CA only: succeeds only if the proxy intercepts."""
     context = ssl.create_default_context(cafile=str(appliance.var / "ca" / "ca.pem"))
-    with context.wrap_socket(_connect(appliance, port), server_hostname="localhost") as tls:
+    with context.wrap_socket(appliance.tunnel(port), server_hostname="localhost") as tls:
         tls.sendall(b"GET /bytes?n=7 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         data = b""
         while chunk := tls.recv(65536):
@@ -77,7 +67,7 @@ def rejecting_handshake(appliance, port: int) -> None:
     """A client that does not trust the capture CA: Python's ssl sends an unknown_ca alert."""
     context = ssl.create_default_context()  # the system store, which does not hold the capture CA
     with pytest.raises(ssl.SSLCertVerificationError):
-        context.wrap_socket(_connect(appliance, port), server_hostname="localhost")
+        context.wrap_socket(appliance.tunnel(port), server_hostname="localhost")
 
 
 def passthrough(appliance) -> list[tuple[str, str]]:
@@ -88,7 +78,7 @@ def intercepted(appliance, port: int) -> bool:
     """Does a client trusting only the origin's CA see the origin's own certificate (False) or ours (True)?"""
     context = ssl.create_default_context(cafile=str(appliance.var / "ca" / "ca.pem"))
     try:
-        with context.wrap_socket(_connect(appliance, port), server_hostname="localhost") as tls:
+        with context.wrap_socket(appliance.tunnel(port), server_hostname="localhost") as tls:
             tls.sendall(b"GET /bytes?n=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             while tls.recv(65536):
                 pass
@@ -165,7 +155,7 @@ def test_closing_after_the_handshake_without_a_request_counts(tls_appliance, tls
     session = appliance.new_session()
     context = ssl.create_default_context(cafile=str(appliance.var / "ca" / "ca.pem"))
     for i in range(3):
-        with context.wrap_socket(_connect(appliance, tls_origin.port), server_hostname="localhost"):
+        with context.wrap_socket(appliance.tunnel(tls_origin.port), server_hostname="localhost"):
             pass
         wait_for(lambda: len(appliance.flows(session["id"])["flows"]) == i + 1)
     flows = appliance.flows(session["id"])["flows"]

@@ -89,12 +89,7 @@ from test_e2e_http2 import capture_ca, h2_appliance, h2_origin, origin_ca  # noq
 
 def h2_tunnel(appliance, port: int) -> ssl.SSLSocket:
     """TLS with ALPN h2 through the proxy's CONNECT to localhost:port, trusting the capture CA."""
-    sock = socket.create_connection(("127.0.0.1", appliance.proxy_port), timeout=10)
-    sock.sendall(f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        reply += sock.recv(1024)
-    assert reply.startswith(b"HTTP/1.1 200")
+    sock = appliance.tunnel(port)
     context = ssl.create_default_context(cafile=capture_ca(appliance))
     context.set_alpn_protocols(["h2"])
     tls = context.wrap_socket(sock, server_hostname="localhost")
