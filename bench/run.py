@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Benchmark the capture appliance against a local nginx, optionally beside mitmdump.
 
-    python bench/run.py [--quick] [--peer] [--only SCENARIO ...]
+    python bench/run.py [--quick] [--peer] [--only SCENARIO ...] [--store sqlite|postgresql]
 
 Standard library only. It compiles bench/loadgen.c into bench/out/ when
 needed, makes a throwaway origin CA and certificate, starts nginx (HTTP and
 HTTPS) and the appliance with a temporary config and a session recording
 everything, pins the proxy to one core and the load generator and nginx to
 another, runs each scenario, prints one JSON line per scenario and tool, and
-writes a markdown report to bench/out/results.md. Every process it starts is
-stopped by pid on the way out, Ctrl-C included. See bench/README.md.
+writes a markdown report to bench/out/results.md. With ``--store postgresql``
+the appliance stores its flows in a throwaway local PostgreSQL cluster
+(tests/pgcluster.py) instead of SQLite. Every process it starts is stopped by
+pid on the way out, Ctrl-C included. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -436,7 +438,7 @@ class Capture:
 
     def __init__(self, children: Children, tmp: Path, origin_ca: Path, cpus: str | None, workers: int,
                  sessiond_cpus: str | None = None, *, wrap: Callable[[list[str]], list[str]] | None = None,
-                 ready_timeout: float = 60) -> None:
+                 ready_timeout: float = 60, database: str | None = None) -> None:
         self.children = children
         self.workers = workers
         self.dir = tmp / "capture"
@@ -456,7 +458,7 @@ ca_dir = {self.dir}/ca
 upstream_ca = {origin_ca}
 [store]
 socket = {self.dir}/run/sessiond.sock
-database = {self.dir}/capture.sqlite
+database = {database or self.dir / "capture.sqlite"}
 [admin]
 listen = tcp:{self.admin_port}:interface=127.0.0.1
 token_file = {self.dir}/admin.token
@@ -987,6 +989,47 @@ def targets(by: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
 # -- main ------------------------------------------------------------------------------
 
 
+def start_postgres(tmp: Path, cpus: str | None) -> tuple[Any, str, str]:
+    """A throwaway local PostgreSQL cluster (as the tests start one): the cluster, a database URL, a description.
+
+    The server and the backends it forks run on ``cpus`` (the load
+    generator's side): a shared database is another machine's work.
+    """
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pgcluster
+
+    reason = pgcluster.missing_reason()
+    if reason is not None:
+        raise BenchError(f"--store postgresql: {reason}")
+    try:
+        cluster = pgcluster.Cluster()
+        cluster.start()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BenchError(f"--store postgresql: cannot start a cluster: {e}") from None
+    if cpus and cluster.pid is not None:
+        for pid in (cluster.pid, *descendants(cluster.pid)):
+            try:
+                os.sched_setaffinity(pid, cpu_set(cpus))
+            except OSError:
+                pass
+    url = cluster.create_database()
+    version = subprocess.run([str(pgcluster.BIN / "postgres"), "--version"], capture_output=True, text=True,
+                             timeout=30).stdout.strip().replace("postgres (PostgreSQL) ", "")
+    where = f", on CPU {cpus}" if cpus else ""
+    return cluster, url, f"postgresql (PostgreSQL {version}: a throwaway local cluster, fsync off{where})"
+
+
+def stop_postgres(cluster: Any) -> None:
+    """Stop the cluster (pg_ctl signals the postmaster by the pid in its pid file), then make sure by pid."""
+    pid = cluster.pid
+    cluster.remove()
+    if pid is not None and alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def cpu_set(text: str) -> set[int]:
     """A taskset CPU list ("1", "0,2", "2-3") as a set."""
     cpus: set[int] = set()
@@ -1009,6 +1052,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1,
                    help="run the scenarios this many times, interleaved, and report each one's median round")
     p.add_argument("--sessiond-cpus", default="", help="taskset CPU list for the session manager (default: the proxy's)")
+    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="where the appliance stores flows: SQLite (default) or a throwaway local PostgreSQL cluster")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database) and print its path")
     args = p.parse_args(argv)
     if args.seconds is not None and not 0 < args.seconds <= 600:
@@ -1046,25 +1091,32 @@ def main(argv: list[str]) -> int:
     status = 0
     bench = None
     mitmdump = None
+    cluster = None
+    database = None
+    store = "sqlite (a file in the temporary directory)"
     try:
         nginx = find_nginx()
         build_loadgen()
         if args.peer:
             mitmdump = ensure_mitmdump()
+        if args.store == "postgresql":
+            cluster, database, store = start_postgres(tmp, args.load_cpus)
         bench = Bench(args, children, tmp)
         bench.start_origin()
         tools: list[str] = ["capture"] + (["mitmdump"] if args.peer else [])
         for tool in tools:
             if tool == "capture":
                 proxy: Any = Capture(children, tmp, bench.origin_ca, args.proxy_cpus, args.workers,
-                                          args.sessiond_cpus or None)
+                                     args.sessiond_cpus or None, database=database)
             else:
                 proxy = Mitmdump(children, tmp, bench.origin_ca, args.proxy_cpus, mitmdump)
             try:
                 bench.run_tool(proxy, names)
             finally:
                 proxy.stop()
-        text = report(bench.results, versions(nginx, mitmdump), args, bench)
+        info = versions(nginx, mitmdump)
+        info["store"] = store
+        text = report(bench.results, info, args, bench)
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "results.md").write_text(text)
         print("\n" + text)
@@ -1079,6 +1131,8 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         children.stop_all()
+        if cluster is not None:
+            stop_postgres(cluster)
         if args.keep:
             print(f"bench: kept {tmp}", file=sys.stderr)
         else:

@@ -73,6 +73,14 @@ class Cluster:
                    " -c fsync=off -c full_page_writes=off -c max_connections=200")
         self._run(BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "30", "start")
 
+    @property
+    def pid(self) -> int | None:
+        """The running server's (postmaster's) pid, from its pid file; None when it is not running."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
     def stop(self) -> None:
         """Stop at once, dropping every connection, as a crash or an outage would."""
         self._run(BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "-t", "30", "stop")
