@@ -6,7 +6,9 @@ run, which hides a change of a few per cent in what recording costs.  An
 instruction count does not drift: this runs the appliance's proxy under
 valgrind's callgrind, sends the same keep-alive requests through it with a
 session capturing and then paused, and reports user-space instructions per
-request for each.  It counts nothing in the kernel and says nothing about
+request for each (``--scenario``: HTTP/1.1 keep-alive over plain HTTP, or
+intercepted HTTPS over HTTP/2 with the streams multiplexed on one
+connection, as ``bench/run.py``'s ``h2-mux-10``).  It counts nothing in the kernel and says nothing about
 cache misses, so it guides work on the proxy's own code; the throughput
 figures still come from ``bench/run.py``.
 
@@ -14,7 +16,7 @@ Under callgrind the proxy runs about fifty times slower, so the shipper's
 flush delay is stretched by as much: batches to the session manager stay
 as large as at full speed.
 
-    python bench/instructions.py [--requests 3000] [--top 25]
+    python bench/instructions.py [--scenario http-ka|h2-mux] [--requests 3000] [--top 25]
 
 Needs valgrind (``apt-get install valgrind``) and what ``bench/run.py`` needs.
 """
@@ -36,12 +38,17 @@ import run as harness  # noqa: E402 - the harness's origin, appliance and load g
 
 # The flush delay at full speed is 20 ms; this keeps batches near their size there.
 SLOW_FLUSH_DELAY = 0.5
+# scenario: (scheme, HTTP/2)
+SCENARIOS = {"http-ka": ("http", False), "h2-mux": ("https", True)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests counted each way (default 3000)")
-    parser.add_argument("--connections", type=int, default=10, help="keep-alive connections (default 10)")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="http-ka",
+                        help="http-ka: plain HTTP/1.1 keep-alive; h2-mux: HTTPS over HTTP/2, multiplexed (default http-ka)")
+    parser.add_argument("--connections", type=int, default=10,
+                        help="keep-alive connections, or with h2-mux streams on one connection (default 10)")
     parser.add_argument("--top", type=int, default=0, help="also list the N functions whose cost grew most with capture on")
     return parser.parse_args(argv)
 
@@ -82,10 +89,11 @@ def measure(args: argparse.Namespace, tmp: Path, children: harness.Children) -> 
     # A proxy under valgrind takes a while to start.
     capture = harness.Capture(children, tmp, bench.origin_ca, "0", 1, "1", wrap=under_callgrind, ready_timeout=900)
     pid = str(capture.proxy_pids()[0])
-    url = bench.url("http", "1k.bin")
+    scheme, http2 = SCENARIOS[args.scenario]
+    url = bench.url(scheme, "1k.bin")
 
     def load(requests: int) -> dict[str, Any]:
-        _, proc = bench.loadgen(capture, url, args.connections, requests=requests)
+        _, proc = bench.loadgen(capture, url, args.connections, requests=requests, http2=http2)
         result = bench.finish_loadgen(proc, 3600)
         if result["errors"]:
             raise harness.BenchError(f"{result['errors']} of {requests} requests failed")
@@ -108,7 +116,7 @@ def measure(args: argparse.Namespace, tmp: Path, children: harness.Children) -> 
     if capture.drain(120) is None or capture.flow_count() != 1000 + args.requests:
         raise harness.BenchError(f"{capture.flow_count()} flows stored, {1000 + args.requests} expected")
     result = {
-        "requests": args.requests, "connections": args.connections,
+        "scenario": args.scenario, "requests": args.requests, "connections": args.connections,
         "capture_on": round(total(on) / args.requests), "capture_off": round(total(off) / args.requests),
     }
     result["recording"] = result["capture_on"] - result["capture_off"]

@@ -134,20 +134,3 @@ def test_data_is_acknowledged_only_as_the_client_side_takes_it():
     stream.producer.resumeProducing()
     rig.pump()
     assert rig.server.local_flow_control_window(sid) > window - 40000
-
-
-def test_goaway_filter_takes_out_only_goaway_frames_across_reads():
-    """Frames split at every byte boundary pass unchanged except GOAWAY, which is reported."""
-    from hyperframe.frame import DataFrame, PingFrame
-
-    from capture.upstream.h2_client import GoawayFilter
-
-    frames = [DataFrame(1, data=b"abc").serialize(), GoAwayFrame(0, last_stream_id=5, error_code=2).serialize(),
-              PingFrame(0, opaque_data=b"12345678").serialize()]
-    wire = b"".join(frames)
-    for cut in range(len(wire) + 1):
-        f = GoawayFilter()
-        a, found_a = f.feed(wire[:cut])
-        b, found_b = f.feed(wire[cut:])
-        assert a + b == frames[0] + frames[2]
-        assert found_a + found_b == [(5, 2)]

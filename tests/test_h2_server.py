@@ -190,3 +190,51 @@ def test_bad_preface_ends_only_that_connection():
     assert b"\x07" in transport.value()  # a GOAWAY frame (type 7) was written
     rig.request(GET)
     assert len(rig.pool.connections) == 1
+
+
+def _answer(rig: Rig, body: bytes = b"hello") -> None:
+    [origin] = rig.pool.connections
+    origin.link.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    rig.pump()
+
+
+def test_client_goaway_lets_its_open_streams_finish():
+    """A GOAWAY from the client (RFC 9113 6.8): its open stream still gets the whole response and is recorded,
+    a stream it opens after is refused, and the connection closes once the open one is done."""
+    from hyperframe.frame import GoAwayFrame
+
+    rig = Rig()
+    sid = rig.request(GET)
+    # Written beside the client's h2, which would otherwise stop reading the answer it still wants.
+    rig.host.dataReceived(GoAwayFrame(0, last_stream_id=0, error_code=0).serialize())
+    assert not rig.transport.disconnecting
+    _answer(rig)
+    [response] = rig.of(h2.events.ResponseReceived)
+    assert response.stream_id == sid
+    assert b"".join(e.data for e in rig.of(h2.events.DataReceived)) == b"hello"
+    assert [e.stream_id for e in rig.of(h2.events.StreamEnded)] == [sid]
+    [flow] = queued(rig.shipper)
+    assert (flow.stream_id, flow.status, flow.error) == (sid, 200, "")
+    assert rig.transport.disconnecting
+
+
+def test_drain_goaway_lets_open_streams_finish():
+    """Shutting down: a GOAWAY (NO_ERROR, naming the last stream taken) goes out first, the open stream is still
+    answered in full, and the connection closes after it."""
+    from capture.http.h2frames import FrameScanner
+
+    rig = Rig()
+    sid = rig.request(GET)
+    scanner = FrameScanner(1 << 24)
+    rig.layer.close_when_idle()
+    wire, goaways, _ = scanner.feed(rig.transport.value())
+    rig.transport.clear()
+    assert goaways == [(sid, ErrorCodes.NO_ERROR)]
+    assert not rig.transport.disconnecting
+    [origin] = rig.pool.connections
+    origin.link.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    wire += scanner.feed(rig.transport.value())[0]
+    events = rig.client.receive_data(wire)
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == b"hello"
+    assert [e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)] == [sid]
+    assert rig.transport.disconnecting

@@ -32,7 +32,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capture.http import http2
+from capture.http import hpack_speed, http2
+from capture.http.h2frames import FrameScanner, goaway_frame
 from capture.http.exchange import Exchange
 from capture.http.streams import Headers, Pool
 from capture.layers.host import LayerHost
@@ -208,41 +209,6 @@ class _ClientPacer:
         """The client is gone: connectionLost ends the streams."""
 
 
-class FrameGuard:
-    """Follows frame boundaries in the client's bytes, so an oversized frame is refused at its header.
-
-    h2 checks a frame's length only once the whole frame has arrived, which
-    would let a client make the proxy buffer 16 MiB per connection.
-    """
-
-    __slots__ = ("_skip", "_head")
-
-    def __init__(self) -> None:
-        self._skip = PREFACE_SIZE  # bytes before the next frame header
-        self._head = b""
-
-    def oversized(self, data: bytes) -> bool:
-        """Feed the next bytes; True when a frame header announces more than MAX_FRAME."""
-        view = memoryview(data)
-        while view:
-            if self._skip:
-                step = min(self._skip, len(view))
-                self._skip -= step
-                view = view[step:]
-                continue
-            need = 9 - len(self._head)
-            self._head += bytes(view[:need])
-            view = view[need:]
-            if len(self._head) < 9:
-                return False
-            length = int.from_bytes(self._head[:3], "big")
-            self._head = b""
-            if length > MAX_FRAME:
-                return True
-            self._skip = length
-        return False
-
-
 class H2Server:
     """An intercepted client speaking HTTP/2: its streams, multiplexed, one Exchange each."""
 
@@ -257,9 +223,11 @@ class H2Server:
         self._resets: deque[float] = deque()
         self._going_away = False
         self._requested = False
-        self._guard = FrameGuard()
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self._frames = FrameScanner(MAX_FRAME, skip=PREFACE_SIZE)
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, **http2.OUTBOUND)
         self.conn = conn = h2.connection.H2Connection(config=config)
+        hpack_speed.install()
+        hpack_speed.fast_encoder(conn.encoder)
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: services.limits.max_header_bytes,
@@ -282,7 +250,8 @@ class H2Server:
     def data_received(self, data: bytes) -> None:
         if self.host.closing and self._going_away and not self.streams:
             return
-        if self._guard.oversized(data):
+        data, goaways, oversized = self._frames.feed(data)
+        if oversized:
             self._end_connection(ErrorCodes.FRAME_SIZE_ERROR, f"an HTTP/2 frame longer than {MAX_FRAME} bytes")
             return
         try:
@@ -292,6 +261,8 @@ class H2Server:
             return
         for event in events:
             self._dispatch(event)
+        if goaways:  # after the streams opened before it
+            self._client_going_away()
         self._write()
 
     def _dispatch(self, event: Any) -> None:
@@ -316,9 +287,6 @@ class H2Server:
         elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             for stream in list(self.streams.values()):
                 self.send_pending(stream)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._going_away = True
-            self._close_if_done()
 
     def connection_lost(self, reason: Failure | None) -> None:
         if self._idle is not None and self._idle.active():
@@ -329,11 +297,19 @@ class H2Server:
                 stream.exchange.client_lost()
 
     def close_when_idle(self) -> None:
-        """Shutting down: no new streams (GOAWAY); close once the open ones are done."""
+        """Shutting down: no new streams (GOAWAY); close once the open ones are done.
+
+        The GOAWAY is written beside h2, which would otherwise stop serving the open streams.
+        """
         if not self._going_away:
             self._going_away = True
-            self.conn.close_connection(ErrorCodes.NO_ERROR)
             self._write()
+            self.host.transport.write(goaway_frame(self.conn.highest_inbound_stream_id, ErrorCodes.NO_ERROR))
+        self._close_if_done()
+
+    def _client_going_away(self) -> None:
+        """The client's GOAWAY: it opens no more streams; those open finish (RFC 9113 6.8), then the connection closes."""
+        self._going_away = True
         self._close_if_done()
 
     # -- streams ------------------------------------------------------------------

@@ -26,65 +26,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capture.http import http2
+from capture.http import hpack_speed, http2
+from capture.http.h2frames import FrameScanner
 from capture.http.http1 import Target, host_header
 from capture.http.streams import Headers, ResponseSink
 from capture.upstream.connector import OriginLink
 
 # The connection-level window we grant the origin on top of each stream's own.
 CONNECTION_WINDOW = 4 * 1024 * 1024
-GOAWAY = 7  # the frame type
-
-
-class GoawayFilter:
-    """Takes GOAWAY frames out of the origin's bytes, so the streams the origin accepted can finish.
-
-    ``h2`` closes its connection state on a received GOAWAY and then refuses
-    every frame, even those of streams the GOAWAY accepted; so the frames are
-    followed here (as their headers arrive) and a GOAWAY is handled by the
-    client itself.  Everything else passes unchanged, without a copy when no
-    GOAWAY is in the read.
-    """
-
-    __slots__ = ("_skip", "_pending")
-
-    def __init__(self) -> None:
-        self._skip = 0  # body bytes of the current frame still to pass
-        self._pending = b""  # an unfinished frame header, or an unfinished GOAWAY frame
-
-    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
-        """(bytes for h2, [(last stream id, error code) of each GOAWAY taken out])."""
-        buf = self._pending + data if self._pending else data
-        pos = start = 0
-        size = len(buf)
-        pieces: list[bytes] = []
-        found: list[tuple[int, int]] = []
-        while pos < size:
-            if self._skip:
-                step = min(self._skip, size - pos)
-                pos += step
-                self._skip -= step
-                continue
-            if size - pos < 9:
-                break
-            length = int.from_bytes(buf[pos:pos + 3], "big")
-            if buf[pos + 3] == GOAWAY:
-                if size - pos < 9 + length:
-                    break
-                body = buf[pos + 9:pos + 9 + length]
-                if length >= 8:
-                    found.append((int.from_bytes(body[:4], "big") & 0x7FFFFFFF, int.from_bytes(body[4:8], "big")))
-                pieces.append(buf[start:pos])
-                pos += 9 + length
-                start = pos
-            else:
-                pos += 9
-                self._skip = length
-        self._pending = buf[pos:] if pos < size else b""
-        if start == 0 and pos == size:
-            return buf, found
-        pieces.append(buf[start:pos])
-        return b"".join(pieces), found
+# Our SETTINGS_MAX_FRAME_SIZE (the default): a longer frame from the origin is refused at its header.
+MAX_FRAME = 16384
 
 
 class H2ClientConnection:
@@ -99,9 +50,11 @@ class H2ClientConnection:
         self.streams: dict[int, H2ClientStream] = {}
         self.accepting = True  # no GOAWAY seen, not lost
         self._transport_paused = False
-        self._goaways = GoawayFilter()
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self._frames = FrameScanner(MAX_FRAME)
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None, **http2.OUTBOUND)
         self.conn = conn = h2.connection.H2Connection(config=config)
+        hpack_speed.install()
+        hpack_speed.fast_encoder(conn.encoder)
         conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
@@ -122,20 +75,26 @@ class H2ClientConnection:
     # -- the link's events ---------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        data, goaways = self._goaways.feed(data)
+        data, goaways, oversized = self._frames.feed(data)
+        if oversized:
+            self._protocol_error(ErrorCodes.FRAME_SIZE_ERROR, f"a frame longer than {MAX_FRAME} bytes")
+            return
         for last_stream_id, _ in goaways:
             self._going_away(last_stream_id)
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as e:
-            self._fail_all(f"bad HTTP/2 from the origin: {e}")
-            self.conn.close_connection(ErrorCodes.PROTOCOL_ERROR)
-            self.flush()
-            self.link.transport.loseConnection()
+            self._protocol_error(ErrorCodes.PROTOCOL_ERROR, str(e))
             return
         for event in events:
             self._dispatch(event)
         self.flush()
+
+    def _protocol_error(self, code: int, message: str) -> None:
+        self._fail_all(f"bad HTTP/2 from the origin: {message}")
+        self.conn.close_connection(code)
+        self.flush()
+        self.link.transport.loseConnection()
 
     def _going_away(self, last_stream_id: int) -> None:
         """The origin's GOAWAY: no new streams here; those it accepted go on, the others fail."""
