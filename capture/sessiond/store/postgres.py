@@ -168,8 +168,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 _OPS = (None, "open", "messages", "close")
 
 # The columns a batch is copied into, per connection; emptied by each commit.
+# ``sessions`` is the flow's session ids joined by commas: text is the cheapest
+# column to copy in binary, where an array would be built in Python per row.
 _INCOMING = """CREATE TEMPORARY TABLE IF NOT EXISTS incoming (
-    seq bigint, sessions bigint[], time double precision, client text, client_port bigint,
+    seq bigint, sessions text, time double precision, client text, client_port bigint,
     method text, scheme text, host text, port bigint, path text, url text, status bigint,
     request_size bigint, response_size bigint, content_type text, duration_ms double precision,
     error text, kind text, has_response smallint, request_type text, response_type text,
@@ -181,9 +183,15 @@ _FLOW_COLUMNS = (
     " response_size, content_type, duration_ms, error, kind, has_response, request_type,"
     " response_type, plain, asset"
 )
-_COPY = f"COPY incoming (seq, sessions, {_FLOW_COLUMNS}, record) FROM STDIN"
+# Binary: the record goes as it is (text would send bytea as hex, twice its size,
+# for the server to decode), and each value is written by psycopg's C dumpers.
+_COPY = f"COPY incoming (seq, sessions, {_FLOW_COLUMNS}, record) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = (
+    "int8", "text", "float8", "text", "int8", "text", "text", "text", "int8", "text", "text", "int8",
+    "int8", "int8", "text", "float8", "text", "text", "int2", "text", "text", "int2", "bool", "bytea",
+)
 # One statement: the new flows (a resent one conflicts and is skipped), their
-# records, their links to existing sessions and the sessions' counts.
+# records, their links to existing sessions, the sessions' counts and the instance's mark.
 _MOVE = f"""WITH new AS (
     INSERT INTO flows (instance, seq, appliance, {_FLOW_COLUMNS})
     SELECT %(instance)s, seq, %(appliance)s, {_FLOW_COLUMNS} FROM incoming ORDER BY seq
@@ -193,11 +201,13 @@ _MOVE = f"""WITH new AS (
     INSERT INTO flow_records (id, record) SELECT new.id, i.record FROM new JOIN incoming i USING (seq)
 ), links AS (
     INSERT INTO session_flows (session_id, time, flow_id)
-    SELECT s.id, new.time, new.id FROM new JOIN incoming i USING (seq) CROSS JOIN LATERAL unnest(i.sessions) AS s(id)
+    SELECT s.id, new.time, new.id FROM new JOIN incoming i USING (seq) CROSS JOIN LATERAL unnest(string_to_array(i.sessions, ',')::bigint[]) AS s(id)
     RETURNING session_id
 ), counts AS (
     UPDATE sessions SET flow_count = flow_count + c.n
     FROM (SELECT session_id, count(*) AS n FROM links GROUP BY session_id) c WHERE sessions.id = c.session_id
+), mark AS (
+    UPDATE delivered SET last_seq = %(mark)s WHERE instance = %(instance)s
 )
 SELECT id, seq FROM new ORDER BY id"""
 _UPDATE_FLOW = (
@@ -431,9 +441,7 @@ class PostgresStore:
         stored: list[tuple[int, list[int], Flow]] = []
         added: dict[int, list[Any]] = {}
         with self._write() as cur:
-            cur.execute("INSERT INTO delivered (instance, last_seq) VALUES (%s, 0) ON CONFLICT DO NOTHING", (instance,))
-            cur.execute("SELECT last_seq FROM delivered WHERE instance = %s FOR UPDATE", (instance,))
-            first_mark = mark = cur.fetchone()[0]
+            first_mark = mark = self._lock_mark(cur, instance)
             named = {sid for item in batch if isinstance(item, (list, tuple)) and len(item) in (3, 5)
                      and isinstance(item[1], (list, tuple)) for sid in item[1] if type(sid) is int
                      and INT64[0] <= sid <= INT64[1]}
@@ -472,16 +480,18 @@ class PostgresStore:
                     continue
                 if not targets:
                     continue
-                rows.append((seq, targets, *columns, _ASSET(flow), record))
+                rows.append((seq, ",".join(map(str, targets)), *columns, _ASSET(flow), record))
                 kept[seq] = (targets, flow)
                 if op == "open":
                     opened.add(seq)
             if rows:
                 with cur.copy(_COPY) as copy:
+                    copy.set_types(_COPY_TYPES)
                     for copied in rows:
                         copy.write_row(copied)
-                cur.execute(_MOVE, {"instance": instance, "appliance": self._appliance})
+                cur.execute(_MOVE, {"instance": instance, "appliance": self._appliance, "mark": mark})
                 new = cur.fetchall()
+                first_mark = mark  # the statement moved the mark too
                 sockets = [(flow_id, instance, seq) for flow_id, seq in new if seq in opened]
                 if sockets:
                     cur.executemany("INSERT INTO websockets (flow_id, instance, open_seq) VALUES (%s, %s, %s)", sockets)
@@ -539,6 +549,17 @@ class PostgresStore:
         cur.execute("UPDATE flow_records SET record = %s WHERE id = %s", (flow_record, flow_id))
         cur.execute("UPDATE websockets SET close = %s WHERE flow_id = %s", (close_record, flow_id))
         stored.append((flow_id, self._holders(cur, flow_id), flow))
+
+    @staticmethod
+    def _lock_mark(cur: psycopg.Cursor, instance: str) -> int:
+        """The instance's delivery mark, its row locked until the commit (made on its first batch)."""
+        cur.execute("SELECT last_seq FROM delivered WHERE instance = %s FOR UPDATE", (instance,))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute("INSERT INTO delivered (instance, last_seq) VALUES (%s, 0) ON CONFLICT DO NOTHING", (instance,))
+            cur.execute("SELECT last_seq FROM delivered WHERE instance = %s FOR UPDATE", (instance,))
+            row = cur.fetchone()
+        return row[0]
 
     @staticmethod
     def _holders(cur: psycopg.Cursor, flow_id: int) -> list[int]:
@@ -923,8 +944,11 @@ def _pg_columns(columns: tuple[Any, ...], appliance_plain: int) -> tuple[Any, ..
 
     Text there cannot hold NUL: such a character becomes U+FFFD in the
     column, and the row is marked not plain, so every search of it runs on
-    the record, which keeps the flow exactly as captured.
+    the record, which keeps the flow exactly as captured.  A plain row's
+    searched texts are printable, so only its other texts need a look.
     """
+    if columns[19] and appliance_plain and "\x00" not in columns[4] + columns[7] + columns[14] + columns[15]:
+        return columns
     cleaned = tuple(value.replace("\x00", "\ufffd") if isinstance(value, str) else value for value in columns)
     plain_flag = columns[19] and appliance_plain and cleaned == columns
     return (*cleaned[:19], int(bool(plain_flag)))
