@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -232,6 +233,27 @@ def test_unreachable_database_still_lets_traffic_flow(tmp_path, origin, postgres
         assert response.status_code == 503 and "database unreachable" in response.json()["error"]
     finally:
         appliance.stop()
+
+
+def test_silent_database_host_at_start_up(tmp_path, origin, postgres_cluster):
+    """A database host that accepts TCP and never answers (connect_timeout=60 in the URL): the session
+    manager listens at once, traffic flows and waits for the database, status says why, calls answer 503."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # never accepted
+        url = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/capture?connect_timeout=60"
+        appliance = Appliance(tmp_path, store={"database": url})
+        appliance.start(timeout=20)  # the session manager is linked long before a minute is up
+        try:
+            for i in range(3):
+                assert get(appliance, origin, f"/silent/{i}") == 200
+            database = wait_for(lambda: appliance.status().get("database"), 20)
+            assert database["reachable"] is False and database["error"]
+            response = appliance.api("POST", "/api/sessions", json={"name": "n"})
+            assert response.status_code == 503 and "database unreachable" in response.json()["error"]
+            assert "no answer" in appliance.status()["database"]["error"]
+        finally:
+            appliance.stop()
 
 
 def test_prune_older_than(pair):

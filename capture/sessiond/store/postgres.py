@@ -81,9 +81,14 @@ from capture.sessiond.store.rows import (
 SCHEMA_VERSION = 2
 CHANNEL = "capture_sessions"
 
-# How often a failed connection is tried again, and how long one attempt may take.
+# How often a failed connection is tried again, and how long one attempt may take
+# (a connect_timeout in the URL takes precedence).
 RETRY_INTERVAL = 1.0
 CONNECT_TIMEOUT = 5
+# How long a call waits for the server to answer a connection attempt in progress,
+# and then for the schema check; the attempt itself goes on in its own thread.
+ANSWER_WAIT = 1.0
+PREPARE_WAIT = 60.0
 # The listener's check that its connection still works, between waits for notifications.
 HEARTBEAT = 2.0
 _SCAN_CHUNK = 500
@@ -270,20 +275,18 @@ class PostgresStore:
         self._clock = clock
         self._appliance = appliance
         self._appliance_plain = plain(appliance)
-        self._connect_timeout = connect_timeout
+        self._connect_timeout = _url_timeout(url) or connect_timeout
         self.rejected = 0
         self._conn: psycopg.Connection | None = None
-        self._last_attempt = -math.inf
         self._lock = threading.Lock()  # guards the health fields, read from any thread
         self._reachable: bool | None = None
         self._error = ""
         self._since = clock()
         self._closing = threading.Event()
         self._listener: threading.Thread | None = None
-        try:
-            self._connection()
-        except Unavailable:
-            pass  # the appliance starts anyway; calls fail until the database answers
+        # Connecting starts now, in the background: the session manager listens at once
+        # whether or not the database answers.
+        self._attempt: _Attempt | None = _Attempt(self._open)
 
     # health and notifications -----------------------------------------------------------
 
@@ -310,7 +313,11 @@ class PostgresStore:
     def close(self) -> None:
         self._closing.set()
         if self._listener is not None:
-            self._listener.join(timeout=HEARTBEAT + self._connect_timeout + 1)
+            # A listener still waiting on a silent server is a daemon thread: left to the exit.
+            self._listener.join(timeout=HEARTBEAT + 1)
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None and attempt.done.is_set() and attempt.conn is not None:
+            attempt.conn.close()  # made after the last call; one still under way closes its own
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -718,23 +725,48 @@ class PostgresStore:
     # connection -------------------------------------------------------------
 
     def _connection(self) -> psycopg.Connection:
-        """The writer's connection, made (and the schema brought up to date) when there is none.
+        """The writer's connection; Unavailable at once, or within ANSWER_WAIT, while there is none.
 
-        While the database is away, a new attempt is made at most every
-        RETRY_INTERVAL; calls in between fail at once.
+        Connections are made by an attempt in its own thread (:class:`_Attempt`),
+        so no call waits on a host that does not answer: a call waits at most
+        ANSWER_WAIT for the server to answer (once per attempt), then for the
+        schema check.  After a failed attempt a new one starts at most every
+        RETRY_INTERVAL; calls in between fail at once with its reason.
         """
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        now = time.monotonic()
-        if now - self._last_attempt < RETRY_INTERVAL and self._reachable is False:
-            raise Unavailable(f"database unreachable: {self._error}")
-        self._last_attempt = now
+        attempt = self._attempt
+        if attempt is None or (attempt.done.is_set() and attempt.conn is None
+                               and time.monotonic() - attempt.started >= RETRY_INTERVAL):
+            attempt = self._attempt = _Attempt(self._open)
+        if not attempt.done.is_set() and not attempt.waited:
+            attempt.waited = True
+            if attempt.answered.wait(ANSWER_WAIT):
+                attempt.done.wait(PREPARE_WAIT)
+        if attempt.done.is_set():
+            if attempt.conn is not None:
+                self._conn, self._attempt = attempt.conn, None
+                return self._conn
+            error = attempt.error or Unavailable("database unreachable")
+            raise type(error)(str(error))
+        if attempt.answered.is_set():
+            reason = f"the database answered but its schema was not ready within {PREPARE_WAIT:g} s"
+        else:
+            reason = f"no answer within {ANSWER_WAIT:g} s, still trying"
+        self._set_health(False, reason)
+        raise Unavailable(f"database unreachable: {reason}")
+
+    def _open(self, answered: threading.Event) -> psycopg.Connection:
+        """Connect and bring the schema up to date (in an attempt's thread); health says how it went."""
         try:
             conn = _connect(self._url, self._connect_timeout)
+            answered.set()
             try:
                 _migrate(conn)
                 conn.execute(_INCOMING)
                 conn.execute(_GONE)
+                if self._closing.is_set():
+                    raise Unavailable("the store is closing")
             except BaseException:
                 conn.close()
                 raise
@@ -744,7 +776,6 @@ class PostgresStore:
         except psycopg.Error as e:
             self._set_health(False, _reason(e))
             raise StoreError(f"database refused the schema: {_reason(e)}") from None
-        self._conn = conn
         self._set_health(True, "")
         return conn
 
@@ -899,6 +930,45 @@ class PostgresStore:
             if len(rows) < _SCAN_CHUNK:
                 return
             last_time, last_id = rows[-1][0], rows[-1][1]
+
+
+class _Attempt:
+    """One connection attempt, run in its own thread so that no call waits on a silent host.
+
+    ``answered`` is set once the server has accepted the login, ``done``
+    when the attempt is over, with ``conn`` or ``error``; ``waited`` is
+    set by the first call that waited for it, so later calls do not wait again.
+    """
+
+    def __init__(self, open_connection: Callable[[threading.Event], psycopg.Connection]) -> None:
+        self.started = time.monotonic()
+        self.answered = threading.Event()
+        self.done = threading.Event()
+        self.conn: psycopg.Connection | None = None
+        self.error: StoreError | None = None
+        self.waited = False
+        threading.Thread(target=self._run, args=(open_connection,), name="store-connect", daemon=True).start()
+
+    def _run(self, open_connection: Callable[[threading.Event], psycopg.Connection]) -> None:
+        try:
+            self.conn = open_connection(self.answered)
+        except StoreError as e:
+            self.error = e
+        except Exception as e:  # catch-and-keep: the caller gets a reason, not a dead thread
+            self.error = StoreError(f"cannot connect to the database: {e}")
+        finally:
+            self.done.set()
+
+
+def _url_timeout(url: str) -> int | None:
+    """The URL's own ``connect_timeout`` in seconds, if it names a positive one."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        value = int(conninfo_to_dict(url).get("connect_timeout", ""))
+    except (psycopg.Error, ValueError):
+        return None
+    return value if value > 0 else None
 
 
 def _connect(url: str, timeout: int, autocommit: bool = True) -> psycopg.Connection:

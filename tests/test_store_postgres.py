@@ -1,0 +1,68 @@
+"""What only the PostgreSQL backend has: connecting in the background, and its schema migrations.
+
+The shared store suite (test_store.py) runs on this backend too; here is
+what it cannot show: a database host that accepts TCP but never answers,
+and a database left by an earlier release brought up to date.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from pgcluster import missing_reason
+
+pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A loopback port that completes TCP handshakes and then says nothing, as a hung database host does.
+
+    connect_timeout=60 in the URL: anything that waits for this host waits a minute.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # never accepted: the kernel finishes the handshakes, nobody answers
+        yield f"postgresql://postgres@127.0.0.1:{listener.getsockname()[1]}/capture?connect_timeout=60"
+
+
+def bounded(call, seconds: float = 15.0):
+    """Run ``call`` in a thread; its outcome, or an AssertionError if it is still waiting after ``seconds``."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(("ok", call()))
+        except Exception as e:
+            outcome.append(("error", e))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{call} still waiting on the silent database after {seconds} s"
+    return outcome[0]
+
+
+def test_store_opens_and_answers_at_once_while_the_database_host_is_silent(silent_url):
+    """Opening the store does not wait on the database; a call waits at most ANSWER_WAIT, once per
+    attempt, then fails with Unavailable saying there was no answer; health says the same; close returns."""
+    from capture.sessiond.store.interface import Unavailable
+    from capture.sessiond.store.postgres import ANSWER_WAIT, PostgresStore
+
+    kind, store = bounded(lambda: PostgresStore(silent_url))
+    assert kind == "ok"
+    try:
+        health = store.health()
+        assert health["backend"] == "postgresql" and health["reachable"] is False
+        for _ in range(3):
+            kind, error = bounded(store.list_sessions)
+            assert kind == "error" and isinstance(error, Unavailable), error
+            assert f"no answer within {ANSWER_WAIT:g} s" in str(error)
+        health = store.health()
+        assert health["reachable"] is False and "no answer" in health["error"]
+    finally:
+        assert bounded(store.close)[0] == "ok"
