@@ -242,6 +242,16 @@ _STAT_GROUPS = {
     "by_client": "f.client",
 }
 
+_STAT_KEYS = ", ".join(_STAT_GROUPS.values())
+_STATS = (
+    f"SELECT GROUPING({_STAT_KEYS}), {_STAT_KEYS}, count(*), coalesce(sum(f.request_size), 0),"
+    " coalesce(sum(f.response_size), 0), min(sf.time), max(sf.time), coalesce(sum(f.duration_ms), 0)"
+    f" {_SESSION_FLOWS} GROUP BY GROUPING SETS ({', '.join(f'({key})' for key in _STAT_GROUPS.values())}, ())"
+)
+# GROUPING() sets a bit for each key a row is not grouped by, the first key's the highest.
+_ALL_GROUPED = (1 << len(_STAT_GROUPS)) - 1
+_STAT_BY_GROUPING = {_ALL_GROUPED ^ (1 << (len(_STAT_GROUPS) - 1 - i)): name for i, name in enumerate(_STAT_GROUPS)}
+
 DIALECT = query.Dialect(
     param="%s",
     contains="strpos(lower({column}), {param}) > 0",
@@ -754,35 +764,36 @@ class PostgresStore:
         return self._scan(session_id, plan)
 
     def stats(self, session_id: int) -> dict[str, Any]:
+        """One pass over the session's flows: the totals and every breakdown (GROUPING SETS)."""
         with self._read() as cur:
             self._session_row(cur, session_id)
-            cur.execute(
-                "SELECT count(*), coalesce(sum(f.request_size), 0), coalesce(sum(f.response_size), 0),"
-                f" min(sf.time), max(sf.time), coalesce(sum(f.duration_ms), 0) {_SESSION_FLOWS}",
-                (session_id,),
-            )
-            count, request_bytes, response_bytes, first, last, duration = cur.fetchone()
-            result: dict[str, Any] = {
-                "session_id": session_id,
-                "flows": count,
-                "request_bytes": int(request_bytes),
-                "response_bytes": int(response_bytes),
-                "first": None if first is None else iso_time(first),
-                "last": None if last is None else iso_time(last),
-                "duration_ms": round(float(duration), 3),
-                "span_ms": None if first is None else round((last - first) * 1000.0, 3),
-            }
-            for name, key in _STAT_GROUPS.items():
-                cur.execute(
-                    f"SELECT {key} AS key, count(*) AS n, coalesce(sum(f.request_size), 0),"
-                    f" coalesce(sum(f.response_size), 0) {_SESSION_FLOWS}"
-                    f' GROUP BY 1 ORDER BY 2 DESC, ({key}) COLLATE "C"',
-                    (session_id,),
-                )
-                result[name] = [
-                    {"key": key, "count": n, "request_bytes": int(sent), "response_bytes": int(received)}
-                    for key, n, sent, received in cur.fetchall()
-                ]
+            cur.execute(_STATS, (session_id,))
+            groups: dict[str, list[tuple[Any, ...]]] = {name: [] for name in _STAT_GROUPS}
+            totals = (0, 0, 0, None, None, 0)
+            for grouping, *keys, count, sent, received, first, last, duration in cur.fetchall():
+                if grouping == _ALL_GROUPED:
+                    totals = (count, sent, received, first, last, duration)
+                else:
+                    name = _STAT_BY_GROUPING[grouping]
+                    groups[name].append((keys[list(_STAT_GROUPS).index(name)], count, sent, received))
+        count, request_bytes, response_bytes, first, last, duration = totals
+        result: dict[str, Any] = {
+            "session_id": session_id,
+            "flows": count,
+            "request_bytes": int(request_bytes),
+            "response_bytes": int(response_bytes),
+            "first": None if first is None else iso_time(first),
+            "last": None if last is None else iso_time(last),
+            "duration_ms": round(float(duration), 3),
+            "span_ms": None if first is None else round((last - first) * 1000.0, 3),
+        }
+        for name, rows in groups.items():
+            # Most first, then by key in code point order (as COLLATE "C" and SQLite sort).
+            rows.sort(key=lambda row: (-row[1], row[0]))
+            result[name] = [
+                {"key": key, "count": n, "request_bytes": int(sent), "response_bytes": int(received)}
+                for key, n, sent, received in rows
+            ]
         return result
 
     def get_flow(self, flow_id: int) -> dict[str, Any]:
