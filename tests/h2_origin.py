@@ -5,7 +5,8 @@ on 127.0.0.1 and serves until killed.  ALPN offers h2 and http/1.1.
 
     /bytes?n=N          N deterministic bytes (tests/origin.py's ``pattern``), Content-Length set
     /stream?n=N         the same bytes in 64 KiB pieces, no Content-Length
-    /echo               JSON: method, HTTP version, ordered headers, body size and sha256
+    /echo               JSON: method, HTTP version, ordered headers, body size and sha256, and the client's
+                        port (which TCP connection the request came on)
     /sse?name=X         Server-Sent Events: "one", then waits until /release?name=X, then "two" and ends
     /release?name=X     lets the waiting /sse?name=X go on
     /trailers           a body, then the trailer x-checksum
@@ -70,6 +71,7 @@ async def app(scope, receive, send) -> None:
             "method": scope["method"], "http_version": scope["http_version"],
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
             "size": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+            "client_port": (scope.get("client") or ("", 0))[1],
         }).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})

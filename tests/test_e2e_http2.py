@@ -79,6 +79,23 @@ def test_curl_http2_is_intercepted_as_http2_and_captured(h2_appliance, h2_origin
     assert json.loads(echo.stdout)["http_version"] == "2" and json.loads(echo.stdout)["size"] == 5
 
 
+def test_client_connections_share_one_h2_origin_connection(h2_appliance, h2_origin):
+    """Three curl --http2 processes, each its own client connection (two of them at once): every request
+    reaches the origin on the same TCP connection, and each is its own HTTP/2.0 flow."""
+    appliance = h2_appliance
+    session = appliance.new_session()
+    url = f"https://localhost:{h2_origin.port}/echo"
+    first = curl(appliance, "--http2", url)
+    args = ["curl", "-sS", "--max-time", "30", "-x", appliance.proxy_url, "--cacert", capture_ca(appliance),
+            "--http2", url]
+    both = [subprocess.Popen(args, stdout=subprocess.PIPE) for _ in range(2)]
+    answers = [json.loads(first.stdout)] + [json.loads(p.communicate(timeout=60)[0]) for p in both]
+    assert {a["http_version"] for a in answers} == {"2"}
+    assert len({a["client_port"] for a in answers}) == 1, answers
+    flows = appliance.wait_for_flows(session["id"], 3)
+    assert len(flows) == 3
+
+
 def test_parallel_streams_are_multiplexed_one_flow_each(h2_appliance, h2_origin):
     """curl --parallel over one h2 connection: every stream answered, one flow per stream, distinct stream ids."""
     appliance = h2_appliance

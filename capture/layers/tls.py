@@ -7,7 +7,10 @@ decided the protocol by ALPN.  A client that offers ``h2`` waits, its
 ClientHello held, while the origin is connected first with the same offer:
 the client is then given what the origin chose (``h2`` when the origin
 could not be reached, so the failure reaches it as an HTTP/2 answer), and
-the origin link goes to the client connection's ``AlpnOrigins``.  A client that gives up during the
+the origin link goes to the shared ``H2Pool`` (or, if it chose HTTP/1.1, to the
+HTTP/1.1 pool); when that pool already holds an HTTP/2 connection to the
+origin with a stream free, the client is given ``h2`` without connecting
+first.  A client that gives up during the
 handshake, or never finishes it within ``header_timeout``, is reported to
 ``services.tls_failed``.  Hosted as described in ``capture.layers.host``.
 """
@@ -50,16 +53,20 @@ class TLSInterception:
         if not offers_h2:
             self._start_tls(None)
             return
+        self.origins = AlpnOrigins(services.h2_pool)
+        server_name = target.server_name or target.host
+        if services.h2_pool.has_room((target.host, target.port, server_name)):
+            self._start_tls(b"h2")  # a shared HTTP/2 connection to the origin is open already
+            return
         self._held = []
-        self.origins = AlpnOrigins(services.connector, services.pool, services.limits)
-        d = services.connector.connect(target.host, target.port, target.server_name or target.host, ALPN_BOTH)
+        d = services.connector.connect(target.host, target.port, server_name, ALPN_BOTH)
         d.addCallbacks(self._origin_ready, lambda _: self._start_tls(b"h2"))
 
     def _origin_ready(self, link: OriginLink) -> None:
         if self.host.closing:
             link.transport.loseConnection()
             return
-        self.origins.adopt(link, "https", self.target.server_name or self.target.host)
+        self.origins.adopt(link, self.target.server_name or self.target.host)
         self._start_tls(b"h2" if link.alpn == b"h2" else b"http/1.1")
 
     def _start_tls(self, alpn: bytes | None) -> None:

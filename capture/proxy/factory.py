@@ -26,6 +26,7 @@ from capture.record.recorder import Recorder
 from capture.shipper import Shipper
 from capture.tls.ca import CertificateAuthority
 from capture.tls.verify import UpstreamTLS
+from capture.upstream.alpn_pool import H2Pool
 from capture.upstream.connector import Connector
 from capture.upstream.pool import UpstreamPool
 
@@ -64,6 +65,8 @@ class ProxyFactory(Factory):
         if pool is None:
             pool = UpstreamPool(reactor, connector, settings.limits, idle_timeout=settings.proxy.idle_timeout)
         self.pool = pool
+        # HTTP/2 origin connections, shared by every client connection's streams.
+        self.h2_pool = H2Pool(reactor, connector, pool, settings.limits, idle_timeout=settings.proxy.idle_timeout)
         self.recorder = Recorder(shipper, settings.capture.redact)
         self.layers = LayerStack()
         self.own_ports: set[int] = set()

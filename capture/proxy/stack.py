@@ -59,6 +59,5 @@ class LayerStack:
                origins: AlpnOrigins | None) -> Http1Server | H2Server:
         """The layer inside intercepted TLS, once the handshake chose ``alpn``."""
         if alpn == b"h2":
-            services = inner.services
-            return H2Server(inner, origins or AlpnOrigins(services.connector, services.pool, services.limits))
+            return H2Server(inner, origins or AlpnOrigins(inner.services.h2_pool))
         return Http1Server(inner)

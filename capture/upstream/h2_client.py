@@ -48,7 +48,9 @@ class H2ClientConnection:
         self.link = link
         link.handler = self
         self.streams: dict[int, H2ClientStream] = {}
+        self.active: set[H2ClientStream] = set()  # handed out and not yet over (sent or not)
         self.accepting = True  # no GOAWAY seen, not lost
+        self.on_change: Any = None  # called when a stream ends or the connection goes away (the pool's)
         self._transport_paused = False
         self._frames = FrameScanner(MAX_FRAME)
         config = h2.config.H2Configuration(client_side=True, header_encoding=None, **http2.OUTBOUND)
@@ -65,7 +67,27 @@ class H2ClientConnection:
         self.flush()
 
     def open_stream(self) -> H2ClientStream:
-        return H2ClientStream(self)
+        stream = H2ClientStream(self)
+        self.active.add(stream)
+        return stream
+
+    def has_room(self) -> bool:
+        """Another stream fits under the origin's SETTINGS_MAX_CONCURRENT_STREAMS."""
+        return self.accepting and len(self.active) < self.conn.remote_settings.max_concurrent_streams
+
+    def close(self) -> None:
+        """Idle too long: GOAWAY, then close."""
+        self.accepting = False
+        try:
+            self.conn.close_connection(ErrorCodes.NO_ERROR)
+        except h2.exceptions.ProtocolError:
+            pass
+        self.flush()
+        self.link.transport.loseConnection()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -103,6 +125,7 @@ class H2ClientConnection:
             if stream_id > last_stream_id:
                 stream.failed("the origin went away (GOAWAY) before taking the request")
         self._close_if_done()
+        self._changed()
 
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
@@ -128,6 +151,7 @@ class H2ClientConnection:
     def connection_lost(self, reason: Failure | None) -> None:
         self.accepting = False
         self._fail_all("the origin closed the HTTP/2 connection")
+        self._changed()
 
     def _fail_all(self, message: str) -> None:
         self.accepting = False
@@ -135,11 +159,15 @@ class H2ClientConnection:
             stream.failed(message)
 
     def forget(self, stream: H2ClientStream) -> None:
-        self.streams.pop(stream.stream_id, None)
-        self._close_if_done()
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+        if stream in self.active:
+            self.active.discard(stream)
+            self._close_if_done()
+            self._changed()
 
     def _close_if_done(self) -> None:
-        if not self.accepting and not self.streams:
+        if not self.accepting and not self.active:
             self.link.transport.loseConnection()
 
     def pause_writes(self, paused: bool) -> None:
@@ -228,11 +256,17 @@ class H2ClientStream:
         out = [(b":method", method), (b":scheme", target.scheme.encode("ascii")), (b":authority", authority),
                (b":path", target.path.encode("latin-1"))] + http2.outgoing(headers)
         ended = framing == "none"
+        if not connection.accepting:
+            self.exchange = None
+            connection.forget(self)
+            exchange.upstream_failed(502, "the origin went away (GOAWAY) before taking the request")
+            return
         try:
             self.stream_id = conn.get_next_available_stream_id()
             conn.send_headers(self.stream_id, out, end_stream=ended)
         except h2.exceptions.ProtocolError as e:
             self.exchange = None
+            connection.forget(self)
             exchange.upstream_failed(502, f"cannot open a stream to the origin: {e}")
             return
         connection.streams[self.stream_id] = self
