@@ -227,7 +227,7 @@ class H2Server:
         config = h2.config.H2Configuration(client_side=False, header_encoding=None, **http2.OUTBOUND)
         self.conn = conn = h2.connection.H2Connection(config=config)
         hpack_speed.install()
-        hpack_speed.fast_encoder(conn.encoder)
+        conn.encoder = hpack_speed.fast_encoder(conn.encoder)
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: services.limits.max_header_bytes,

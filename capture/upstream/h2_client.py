@@ -56,7 +56,7 @@ class H2ClientConnection:
         config = h2.config.H2Configuration(client_side=True, header_encoding=None, **http2.OUTBOUND)
         self.conn = conn = h2.connection.H2Connection(config=config)
         hpack_speed.install()
-        hpack_speed.fast_encoder(conn.encoder)
+        conn.encoder = hpack_speed.fast_encoder(conn.encoder)
         conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
