@@ -473,13 +473,11 @@ class PostgresStore:
         stored: list[tuple[int, list[int], Flow]] = []
         added: dict[int, list[Any]] = {}
         with self._write() as cur:
-            first_mark = mark = self._lock_mark(cur, instance)
             named = {sid for item in batch if isinstance(item, (list, tuple)) and len(item) in (3, 5)
                      and isinstance(item[1], (list, tuple)) for sid in item[1] if type(sid) is int
                      and INT64[0] <= sid <= INT64[1]}
-            # Locked in id order: a session deleted or cleared elsewhere waits for this batch.
-            cur.execute("SELECT id FROM sessions WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", (sorted(named),))
-            existing = {session_id for (session_id,) in cur.fetchall()}
+            first_mark, existing = self._lock_batch(cur, instance, named)
+            mark = first_mark
             rows: list[tuple[Any, ...]] = []
             kept: dict[int, tuple[list[int], Flow]] = {}
             opened: set[int] = set()
@@ -624,15 +622,24 @@ class PostgresStore:
                 self._lost(e)
 
     @staticmethod
-    def _lock_mark(cur: psycopg.Cursor, instance: str) -> int:
-        """The instance's delivery mark, its row locked until the commit (made on its first batch)."""
-        cur.execute("SELECT last_seq FROM delivered WHERE instance = %s FOR UPDATE", (instance,))
-        row = cur.fetchone()
-        if row is None:
+    def _lock_batch(cur: psycopg.Cursor, instance: str, named: set[int]) -> tuple[int, set[int]]:
+        """The instance's delivery mark and which of the ``named`` sessions exist, all locked until the commit.
+
+        One statement: the mark's row first (made on the instance's first
+        batch), then the sessions in id order, so a session deleted or
+        cleared elsewhere waits for this batch.
+        """
+        cur.execute(
+            "SELECT (SELECT last_seq FROM delivered WHERE instance = %s FOR UPDATE),"
+            " ARRAY(SELECT id FROM sessions WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE)",
+            (instance, sorted(named)),
+        )
+        mark, existing = cur.fetchone()
+        if mark is None:
             cur.execute("INSERT INTO delivered (instance, last_seq) VALUES (%s, 0) ON CONFLICT DO NOTHING", (instance,))
             cur.execute("SELECT last_seq FROM delivered WHERE instance = %s FOR UPDATE", (instance,))
-            row = cur.fetchone()
-        return row[0]
+            mark = cur.fetchone()[0]
+        return mark, set(existing)
 
     @staticmethod
     def _holders(cur: psycopg.Cursor, flow_id: int) -> list[int]:
