@@ -134,3 +134,27 @@ def test_data_is_acknowledged_only_as_the_client_side_takes_it():
     stream.producer.resumeProducing()
     rig.pump()
     assert rig.server.local_flow_control_window(sid) > window - 40000
+
+
+def test_stalled_streams_do_not_close_the_connection_window_for_the_others():
+    """80 streams whose client side stopped reading, each with a full 65,535-byte window unacknowledged:
+    the origin can still send on another stream (streams of many clients share the connection)."""
+    rig = Rig()
+    stalled = []
+    for _ in range(80):
+        stream, sink = rig.get()
+        stream.producer.pauseProducing()
+        stalled.append((stream, sink))
+    for request in rig.requests():
+        rig.server.send_headers(request.stream_id, [(b":status", b"200")])
+        for size in (16384, 16384, 16384, 16383):
+            rig.server.send_data(request.stream_id, b"x" * size)
+    rig.pump()
+    assert all(sum(len(e[1]) for e in sink.events if e[0] == "body") == 65535 for _, sink in stalled)
+    stream, sink = rig.get()
+    sid = rig.requests()[-1].stream_id
+    assert rig.server.local_flow_control_window(sid) > 16384
+    rig.server.send_headers(sid, [(b":status", b"200")])
+    rig.server.send_data(sid, b"y" * 16384, end_stream=True)
+    rig.pump()
+    assert ("body", b"y" * 16384) in sink.events and sink.events[-1][0] == "end"

@@ -32,8 +32,11 @@ from capture.http.http1 import Target, host_header
 from capture.http.streams import Headers, ResponseSink
 from capture.upstream.connector import OriginLink
 
-# The connection-level window we grant the origin on top of each stream's own.
-CONNECTION_WINDOW = 4 * 1024 * 1024
+# The connection-level window we grant the origin on top of each stream's own.  Streams of many client
+# connections share one origin connection, so this covers 256 streams' full windows (65,535 bytes each):
+# streams whose clients stopped reading cannot close it for the others.  Memory stays bounded by the
+# stream windows, since each stream's DATA is acknowledged only as its client side takes it.
+CONNECTION_WINDOW = 256 * 65535
 # Our SETTINGS_MAX_FRAME_SIZE (the default): a longer frame from the origin is refused at its header.
 MAX_FRAME = 16384
 
