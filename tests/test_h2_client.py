@@ -40,18 +40,19 @@ class Sink:
         self.events.append(("failed", status, message))
 
 
-class Rig:
-    """An H2ClientConnection on an origin link over a StringTransport, and the origin's h2 connection."""
+class OriginEnd:
+    """An origin link over a StringTransport and the origin's h2 server connection; ``pump`` carries bytes both ways."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int | None = None) -> None:
         self.transport = Transport(peerAddress=IPv4Address("TCP", "192.0.2.9", 443))
         self.link = OriginLink("origin.test", 443)
         self.link.makeConnection(self.transport)
-        self.client = H2ClientConnection(self.link, config.parse("").limits)
         self.server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        if max_streams is not None:
+            self.server.local_settings = h2.settings.Settings(client=False, initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
         self.server.initiate_connection()
         self.seen: list = []
-        self.pump()
 
     def pump(self) -> None:
         for _ in range(20):
@@ -64,6 +65,15 @@ class Rig:
                 self.link.dataReceived(back)
             if not out and not back:
                 return
+
+
+class Rig(OriginEnd):
+    """An H2ClientConnection on the origin link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = H2ClientConnection(self.link, config.parse("").limits)
+        self.pump()
 
     def get(self, path: str = "/") -> tuple[object, Sink]:
         stream, sink = self.client.open_stream(), Sink()

@@ -10,44 +10,22 @@ import h2.events
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 from twisted.internet import defer, error
-from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 
 from capture import config
 from capture.http.http1 import Target
 from capture.upstream.alpn_pool import H2Pool, OriginsBusy
-from capture.upstream.connector import OriginLink
-from test_h2_client import Sink
-from test_proxy import Transport
+from test_h2_client import OriginEnd, Sink
 
 KEY = ("origin.test", 443, "origin.test")
 
 
-class Origin:
-    """One origin connection: our link over a StringTransport and the origin's h2 server."""
+class Origin(OriginEnd):
+    """One origin connection, with ALPN h2 chosen."""
 
     def __init__(self, max_streams: int) -> None:
-        self.transport = Transport(peerAddress=IPv4Address("TCP", "192.0.2.9", 443))
-        self.link = OriginLink("origin.test", 443)
-        self.link.makeConnection(self.transport)
+        super().__init__(max_streams)
         self.link.alpn = b"h2"
-        self.server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
-        self.server.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
-        self.server.initiate_connection()
-        self.seen: list = []
-
-    def pump(self) -> None:
-        for _ in range(20):
-            out = self.transport.value()
-            self.transport.clear()
-            if out:
-                self.seen.extend(self.server.receive_data(out))
-            back = self.server.data_to_send()
-            if back:
-                self.link.dataReceived(back)
-            if not out and not back:
-                return
 
     def requests(self) -> list:
         return [e for e in self.seen if isinstance(e, h2.events.RequestReceived)]

@@ -73,6 +73,7 @@ from capture.sessiond.store.rows import (
     plan,
     plain,
     session_dict,
+    stats_result,
     summary_from_row,
     uses_appliance,
     with_appliance,
@@ -806,25 +807,10 @@ class PostgresStore:
                 else:
                     name = _STAT_BY_GROUPING[grouping]
                     groups[name].append((keys[list(_STAT_GROUPS).index(name)], count, sent, received))
-        count, request_bytes, response_bytes, first, last, duration = totals
-        result: dict[str, Any] = {
-            "session_id": session_id,
-            "flows": count,
-            "request_bytes": int(request_bytes),
-            "response_bytes": int(response_bytes),
-            "first": None if first is None else iso_time(first),
-            "last": None if last is None else iso_time(last),
-            "duration_ms": round(float(duration), 3),
-            "span_ms": None if first is None else round((last - first) * 1000.0, 3),
-        }
-        for name, rows in groups.items():
+        for rows in groups.values():
             # Most first, then by key in code point order (as COLLATE "C" and SQLite sort).
             rows.sort(key=lambda row: (-row[1], row[0]))
-            result[name] = [
-                {"key": key, "count": n, "request_bytes": int(sent), "response_bytes": int(received)}
-                for key, n, sent, received in rows
-            ]
-        return result
+        return stats_result(session_id, totals, groups)
 
     def get_flow(self, flow_id: int) -> dict[str, Any]:
         if type(flow_id) is not int:

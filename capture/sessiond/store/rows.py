@@ -274,3 +274,24 @@ def uses_appliance(tree: filters.Filter | None) -> bool:
         elif isinstance(node, filters.Regex) and node.name == "via":
             return True
     return False
+
+
+def stats_result(session_id: str, totals: tuple[Any, ...], groups: dict[str, Any]) -> dict[str, Any]:
+    """``/stats``'s answer from either backend's sums: totals, then each group's (key, count, sent, received) rows."""
+    count, request_bytes, response_bytes, first, last, duration = totals
+    result: dict[str, Any] = {
+        "session_id": session_id,
+        "flows": count,
+        "request_bytes": int(request_bytes),
+        "response_bytes": int(response_bytes),
+        "first": None if first is None else iso_time(first),
+        "last": None if last is None else iso_time(last),
+        "duration_ms": round(float(duration), 3),
+        "span_ms": None if first is None else round((last - first) * 1000.0, 3),
+    }
+    for name, rows in groups.items():
+        result[name] = [
+            {"key": key, "count": n, "request_bytes": int(sent), "response_bytes": int(received)}
+            for key, n, sent, received in rows
+        ]
+    return result

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from capture import filters
-from capture.flow import Flow, iso_time
+from capture.flow import Flow
 from capture.grpcview import grpc_section
 from capture.messages import (
     DETAIL_MESSAGES,
@@ -74,6 +74,7 @@ from capture.sessiond.store.rows import (
     plan,
     plain,
     session_dict,
+    stats_result,
     summary_from_row,
     uses_appliance,
     with_appliance,
@@ -754,32 +755,20 @@ class SQLiteStore:
         """Counts and sizes of a session's flows, overall and by method, host,
         status class, content type and client (each largest count first)."""
         self._session_row(self._db, session_id)
-        count, request_bytes, response_bytes, first, last, duration = self._db.execute(
+        totals = self._db.execute(
             "SELECT count(*), total(f.request_size), total(f.response_size), min(sf.time),"
             f" max(sf.time), total(f.duration_ms) {_SESSION_FLOWS}",
             (session_id,),
         ).fetchone()
-        result: dict[str, Any] = {
-            "session_id": session_id,
-            "flows": count,
-            "request_bytes": int(request_bytes),
-            "response_bytes": int(response_bytes),
-            "first": None if first is None else iso_time(first),
-            "last": None if last is None else iso_time(last),
-            "duration_ms": round(duration, 3),
-            "span_ms": None if first is None else round((last - first) * 1000.0, 3),
-        }
-        for name, key in _STAT_GROUPS.items():
-            rows = self._db.execute(
+        groups = {
+            name: self._db.execute(
                 f"SELECT {key} AS key, count(*) AS n, total(f.request_size), total(f.response_size)"
                 f" {_SESSION_FLOWS} GROUP BY key ORDER BY n DESC, key",
                 (session_id,),
-            )
-            result[name] = [
-                {"key": key, "count": n, "request_bytes": int(sent), "response_bytes": int(received)}
-                for key, n, sent, received in rows
-            ]
-        return result
+            ).fetchall()
+            for name, key in _STAT_GROUPS.items()
+        }
+        return stats_result(session_id, totals, groups)
 
     def get_flow(self, flow_id: int) -> dict[str, Any]:
         """The full flow, with the sessions it belongs to."""
