@@ -6,17 +6,18 @@ manager and stored as they are, and read back (``Flow.unpack``) by the
 admin API, the filter language and the exporters.  Everything here is pure
 data.
 
-The packed form (version 3) is a msgpack array ``[3, *fields]`` in the
+The packed form (version 4) is a msgpack array ``[4, *fields]`` in the
 order of ``Flow``'s fields, each message an array ``[headers, body, size,
-truncated, trailers]`` and TLS facts an array ``[sni, alpn, version,
-cipher]``: named tuples pack to exactly that, and so do plain tuples in
-the same order, which is how the proxy records (``pack_fields``) without
-building a named tuple per request.
+truncated, trailers]``, TLS facts an array ``[sni, alpn, version,
+cipher]`` and the gRPC order an array of ``[from_client, time]`` pairs:
+named tuples pack to exactly that, and so do plain tuples in the same
+order, which is how the proxy records (``pack_fields``) without building
+a named tuple per request.
 
 ``unpack`` still reads what earlier releases stored, for databases and
-spill files they wrote: version 2 (the same array without trailers, stream
-id and TLS facts; its trailers were stored after the headers) and version
-1 (a msgpack map).
+spill files they wrote: version 3 (the same array without the gRPC
+order), version 2 (without trailers, stream id and TLS facts too; its
+trailers were stored after the headers) and version 1 (a msgpack map).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import msgpack
 
 from capture.decoding import decode_message
 
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 # One packer for every flow: msgpack.packb would allocate a 1 MiB buffer per call.
 # Packing holds the GIL throughout, so the reactor thread and export threads may share it.
 _PACKER = msgpack.Packer(use_bin_type=True)
@@ -122,7 +123,9 @@ class Flow(NamedTuple):
     relayed without parsing.  ``http_version`` is the client's ("1.0",
     "1.1", "2.0"); ``stream_id`` the HTTP/2 stream (0 for HTTP/1);
     ``client_tls`` and ``server_tls`` what the handshakes with the client
-    (interception) and the origin settled, None where there was no TLS.
+    (interception) and the origin settled, None where there was no TLS;
+    ``grpc_order`` which way each message of a gRPC call went and when, in
+    the order they passed (empty for other flows).
     """
 
     client: str
@@ -147,6 +150,7 @@ class Flow(NamedTuple):
     stream_id: int = 0
     client_tls: TLSFacts | None = None
     server_tls: TLSFacts | None = None
+    grpc_order: tuple[tuple[bool, float], ...] = ()
 
     @property
     def url(self) -> str:
@@ -223,7 +227,7 @@ class Flow(NamedTuple):
         }
 
     def pack(self) -> bytes:
-        """The packed form (version 3): what is queued, shipped and stored."""
+        """The packed form (version 4): what is queued, shipped and stored."""
         return pack_fields(self)
 
     @classmethod
@@ -235,14 +239,14 @@ class Flow(NamedTuple):
         if isinstance(fields, Flow):
             return fields
         request, response = fields[8], fields[11]
-        client_tls, server_tls = fields[20:22]
+        client_tls, server_tls, grpc_order = fields[20:23]
         return cls(*fields[:8], _message(request), *fields[9:11], None if response is None else _message(response),
                    *fields[12:20], None if client_tls is None else TLSFacts(*client_tls),
-                   None if server_tls is None else TLSFacts(*server_tls))
+                   None if server_tls is None else TLSFacts(*server_tls), tuple(map(tuple, grpc_order)))
 
     @classmethod
     def unpack(cls, record: bytes) -> Flow:
-        """Read a packed flow of version 3, 2 or 1; raises ValueError for anything else."""
+        """Read a packed flow of version 4, 3, 2 or 1; raises ValueError for anything else."""
         if type(record) is not bytes:
             raise ValueError("a flow record must be bytes")
         try:
@@ -256,14 +260,19 @@ class Flow(NamedTuple):
         if data[0] == WIRE_VERSION and len(data) == 1 + len(cls._fields):
             (_, client, client_port, scheme, host, port, method, path, http_version, request, status, reason,
              response, start, request_done, response_start, end, error, server_ip, kind, stream_id, client_tls,
+             server_tls, grpc_order) = data
+        elif data[0] == 3 and len(data) == len(cls._fields):
+            (_, client, client_port, scheme, host, port, method, path, http_version, request, status, reason,
+             response, start, request_done, response_start, end, error, server_ip, kind, stream_id, client_tls,
              server_tls) = data
+            grpc_order = ()
         elif data[0] == 2 and len(data) == 20:
             (_, client, client_port, scheme, host, port, method, path, http_version, request, status, reason,
              response, start, request_done, response_start, end, error, server_ip, kind) = data
-            stream_id, client_tls, server_tls = 0, None, None
+            stream_id, client_tls, server_tls, grpc_order = 0, None, None, ()
         else:
             raise ValueError("unsupported flow record version")
-        if type(stream_id) is not int:
+        if type(stream_id) is not int or not _is_grpc_order(grpc_order):
             raise ValueError("malformed flow record")
         if not (
             type(client) is str and type(client_port) is int and type(scheme) is str and type(host) is str
@@ -280,6 +289,7 @@ class Flow(NamedTuple):
                 None if response is None else Message._unpacked(response),
                 _time(start), _optional_time(request_done), _optional_time(response_start), _optional_time(end),
                 error, server_ip, kind, stream_id, TLSFacts._unpacked(client_tls), TLSFacts._unpacked(server_tls),
+                grpc_order,
             )
         except (TypeError, ValueError) as e:
             raise ValueError(f"malformed flow record: {e}") from None
@@ -340,6 +350,12 @@ def _check_fields(fields: tuple[Any, ...]) -> None:
     for pair in fields:
         if not (type(pair) is tuple and len(pair) == 2 and type(pair[0]) is bytes and type(pair[1]) is bytes):
             raise ValueError("malformed header")
+
+
+def _is_grpc_order(order: Any) -> bool:
+    return type(order) is tuple and all(
+        type(entry) is tuple and len(entry) == 2 and type(entry[0]) is bool and type(entry[1]) in (float, int)
+        for entry in order)
 
 
 def _message_detail(message: Message) -> dict[str, Any]:

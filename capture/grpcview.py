@@ -17,7 +17,8 @@ import struct
 import zlib
 from typing import Any, NamedTuple
 
-from capture.flow import Flow
+from capture.flow import Flow, iso_time
+from capture.http.grpc import is_grpc
 
 MAX_DEPTH = 8  # nested messages read this deep; deeper ones stay bytes
 MAX_FIELDS = 10_000  # fields shown per message
@@ -136,26 +137,25 @@ def _varint(data: bytes, offset: int) -> tuple[int | None, int]:
     return None, offset
 
 
-def is_grpc(content_type: str | None) -> bool:
-    """``application/grpc`` and its ``+proto`` (or other) forms; gRPC-Web is framed apart."""
-    media = (content_type or "").split(";")[0].strip().lower()
-    return media == "application/grpc" or media.startswith("application/grpc+")
-
-
 def grpc_section(flow: Flow) -> dict[str, Any] | None:
     """The flow detail's ``grpc`` part, or None for a flow that is not a gRPC call.
 
-    Request messages come first, then the response's: the stored bodies say
-    the order within each direction, not how the two interleaved.
+    Messages are listed in the order they passed, each with its time, as the
+    proxy noted them (``Flow.grpc_order``); flows stored before it did so,
+    and messages past what it notes, list the request's first, then the
+    response's: the stored bodies say the order within each direction only.
     """
     if not is_grpc(flow.request.header("content-type")):
         return None
     path = flow.path.split("?", 1)[0]
     service, _, method = path.lstrip("/").rpartition("/")
-    messages = _shown(flow.request.body, True, flow.request.header("grpc-encoding"))
+    requests = _shown(flow.request.body, True, flow.request.header("grpc-encoding"))
+    responses: list[dict[str, Any]] = []
     status = message = None
     if flow.response is not None:
-        messages += _shown(flow.response.body, False, flow.response.header("grpc-encoding"))
+        responses = _shown(flow.response.body, False, flow.response.header("grpc-encoding"))
+    messages = _interleaved(requests, responses, flow.grpc_order)
+    if flow.response is not None:
         # In the trailers; a trailers-only answer (an error before any message) has them in its headers.
         response = flow.response
         status = response.trailer("grpc-status") or response.header("grpc-status")
@@ -164,11 +164,31 @@ def grpc_section(flow: Flow) -> dict[str, Any] | None:
             "messages": messages}
 
 
+def _interleaved(requests: list[dict[str, Any]], responses: list[dict[str, Any]],
+                 order: tuple[tuple[bool, float], ...]) -> list[dict[str, Any]]:
+    """Both directions' messages merged as ``order`` says they passed, with times; the rest after.
+
+    A direction's stored body may hold fewer messages than passed (the
+    capture limit, responses not captured): order entries past them are skipped.
+    """
+    merged = []
+    sides = {True: iter(requests), False: iter(responses)}
+    for from_client, moment in order:
+        shown = next(sides[from_client], None)
+        if shown is not None:
+            shown["time"] = iso_time(moment)
+            merged.append(shown)
+    merged.extend(sides[True])
+    merged.extend(sides[False])
+    return merged
+
+
 def _shown(body: bytes, from_client: bool, encoding: str | None) -> list[dict[str, Any]]:
     shown = []
     for grpc_message in split_messages(body):
         entry: dict[str, Any] = {
             "from_client": from_client,
+            "time": None,
             "compressed": grpc_message.compressed,
             "length": grpc_message.length,
             "cut": grpc_message.cut,

@@ -8,7 +8,9 @@ no test code wrote by hand.
 
 from __future__ import annotations
 
+import queue
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -35,9 +37,9 @@ def _sizes(requests, context: grpc.ServicerContext):
         yield struct_pb2.Value(number_value=float(len(request))).SerializeToString()
 
 
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory):
-    ca = OriginCA(tmp_path_factory.mktemp("grpc-messages"), "grpc messages CA")
+def serve(directory: Path) -> grpc.Server:
+    """A started grpcio server of SERVICE on loopback, with its TLS CA (``.ca``) and ``.port``."""
+    ca = OriginCA(directory, "grpc messages CA")
     cert, key = ca.issue("grpc", ["localhost", "127.0.0.1"])
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     handlers = {"Describe": grpc.unary_unary_rpc_method_handler(_describe),
@@ -47,8 +49,39 @@ def origin(tmp_path_factory):
                                          grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
     server.ca = ca
     server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory):
+    server = serve(tmp_path_factory.mktemp("grpc-messages"))
     yield server
     server.stop(grace=None)
+
+
+def ping_pong_sizes(channel: grpc.Channel) -> list[float]:
+    """The bidirectional Sizes call, each request sent once the answer to the one before is in,
+    so the order on the wire is known: request, response, request, response."""
+    answered: queue.Queue[bytes] = queue.Queue()
+
+    def requests():
+        for request in (b"\x08\x01", b"\x08\x02\x10\x03"):
+            yield request
+            answered.get(timeout=20)
+
+    sizes = []
+    for size in channel.stream_stream(f"/{SERVICE}/Sizes")(requests(), timeout=20):
+        sizes.append(struct_pb2.Value.FromString(size).number_value)
+        answered.put(size)
+    return sizes
+
+
+def channel_through(appliance, port: int) -> grpc.Channel:
+    """A TLS channel to the origin on ``port`` through the appliance's proxy, trusting the appliance's CA."""
+    root = (appliance.var / "ca" / "ca.pem").read_bytes()
+    options = [("grpc.http_proxy", appliance.proxy_url), ("grpc.enable_http_proxy", 1)]
+    return grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=root),
+                               options=options)
 
 
 def grpc_flow(appliance, session_id: int, method: str) -> dict:
@@ -59,18 +92,13 @@ def grpc_flow(appliance, session_id: int, method: str) -> dict:
 
 def test_grpc_section_lists_service_method_and_decoded_messages(make_appliance, origin):
     """A unary and a bidirectional call through the proxy: each flow names service and method, its status,
-    and every message in order with its direction and its protobuf fields."""
+    and every message in the order it passed, with its direction, time and protobuf fields."""
     appliance = make_appliance(tls={"upstream_ca": origin.ca.path}).start()
     session = appliance.new_session()
-    root = (appliance.var / "ca" / "ca.pem").read_bytes()
-    options = [("grpc.http_proxy", appliance.proxy_url), ("grpc.enable_http_proxy", 1)]
-    with grpc.secure_channel(f"localhost:{origin.port}", grpc.ssl_channel_credentials(root_certificates=root),
-                             options=options) as channel:
+    with channel_through(appliance, origin.port) as channel:
         answer = channel.unary_unary(f"/{SERVICE}/Describe")(request_message("hello.proto"), timeout=20)
         assert struct_pb2.Value.FromString(answer).string_value == "seen hello.proto"
-        sizes = list(channel.stream_stream(f"/{SERVICE}/Sizes")(iter([b"\x08\x01", b"\x08\x02\x10\x03"]),
-                                                                 timeout=20))
-        assert [struct_pb2.Value.FromString(s).number_value for s in sizes] == [2.0, 4.0]
+        assert ping_pong_sizes(channel) == [2.0, 4.0]
 
     detail = grpc_flow(appliance, session["id"], "/Describe")
     section = detail["grpc"]
@@ -84,7 +112,10 @@ def test_grpc_section_lists_service_method_and_decoded_messages(make_appliance, 
     assert response["fields"][0]["number"] == 3 and response["fields"][0]["string"] == "seen hello.proto"
 
     section = grpc_flow(appliance, session["id"], "/Sizes")["grpc"]
-    assert [m["from_client"] for m in section["messages"]] == [True, True, False, False]
-    assert section["messages"][1]["fields"] == [{"number": 1, "wire_type": "varint", "value": 2},
-                                                {"number": 2, "wire_type": "varint", "value": 3}]
-    assert [m["fields"][0]["float"] for m in section["messages"][2:]] == [2.0, 4.0]
+    messages = section["messages"]
+    assert [m["from_client"] for m in messages] == [True, False, True, False]  # as they passed
+    assert messages[2]["fields"] == [{"number": 1, "wire_type": "varint", "value": 2},
+                                     {"number": 2, "wire_type": "varint", "value": 3}]
+    assert [messages[i]["fields"][0]["float"] for i in (1, 3)] == [2.0, 4.0]
+    times = [m["time"] for m in messages]
+    assert None not in times and times == sorted(times)

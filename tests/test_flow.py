@@ -85,7 +85,7 @@ def test_packed_form_is_a_versioned_array() -> None:
     """Version first, then the fields in Flow's order, messages as arrays."""
     flow = make_flow()
     fields = _fields(flow)
-    assert fields[0] == WIRE_VERSION == 3
+    assert fields[0] == WIRE_VERSION == 4
     assert len(fields) == 1 + len(Flow._fields)
     assert fields[1 + Flow._fields.index("host")] == flow.host
     assert fields[1 + Flow._fields.index("request")][1] == flow.request.body
@@ -98,7 +98,7 @@ def _plain(flow: Flow) -> tuple:
     def tls(facts: TLSFacts | None) -> tuple | None:
         return None if facts is None else tuple(facts)
     return (*flow[:8], message(flow.request), *flow[9:11], None if flow.response is None else message(flow.response),
-            *flow[12:20], tls(flow.client_tls), tls(flow.server_tls))
+            *flow[12:20], tls(flow.client_tls), tls(flow.server_tls), [list(entry) for entry in flow.grpc_order])
 
 
 @pytest.mark.parametrize("response", [True, False])
@@ -106,7 +106,8 @@ def test_plain_fields_pack_and_build_as_the_flow(response: bool) -> None:
     """Plain tuples in field order pack to the Flow's own bytes, and from_fields builds that same Flow."""
     flow = make_flow(request=Message(headers=((b"Host", b"h"), (b"X-A", b"1")), body=b"q", size=1,
                                      trailers=((b"X-Sum", b"1"),)),
-                     stream_id=3, client_tls=TLSFacts("h", "h2", "TLSv1.3", "TLS_AES_128_GCM_SHA256"))
+                     stream_id=3, client_tls=TLSFacts("h", "h2", "TLSv1.3", "TLS_AES_128_GCM_SHA256"),
+                     grpc_order=((True, T0), (False, T0 + 0.5)))
     if not response:
         flow = flow._replace(response=None, status=0, error="refused")
     fields = _plain(flow)
@@ -178,7 +179,21 @@ def test_trailers_stream_and_tls_facts_round_trip() -> None:
     assert detail["server_tls"]["version"] == "TLSv1.2"
 
 
-@pytest.mark.parametrize("field, value", [("stream_id", "1"), ("client_tls", ["a", "b"]), ("server_tls", [1, 2, 3, 4])])
+def test_unpack_reads_version_3_arrays() -> None:
+    """Records of the release before the gRPC order (version 3) read back with an empty order."""
+    for flow in (make_flow(stream_id=3, client_tls=TLSFacts("h", "h2", "TLSv1.3", "X")),
+                 make_flow(response=None, end=None, error="refused")):
+        assert Flow.unpack(msgpack.packb([3, *flow[:-1]], use_bin_type=True)) == flow
+
+
+def test_grpc_order_round_trips() -> None:
+    """Which way each gRPC message went and when comes back in order."""
+    order = ((True, T0), (False, T0 + 0.25), (True, T0 + 0.5))
+    assert Flow.unpack(make_flow(grpc_order=order).pack()).grpc_order == order
+
+
+@pytest.mark.parametrize("field, value", [("stream_id", "1"), ("client_tls", ["a", "b"]), ("server_tls", [1, 2, 3, 4]),
+                                          ("grpc_order", [[1, 2.0]]), ("grpc_order", [[True]]), ("grpc_order", 5)])
 def test_unpack_rejects_bad_new_fields(field: str, value: object) -> None:
     """A stream id or TLS facts of the wrong shape are refused with ValueError."""
     fields = _fields(make_flow())
@@ -187,7 +202,7 @@ def test_unpack_rejects_bad_new_fields(field: str, value: object) -> None:
         Flow.unpack(msgpack.packb(fields, use_bin_type=True))
 
 
-@pytest.mark.parametrize("version", [4, 0, None])
+@pytest.mark.parametrize("version", [5, 3, 0, None])
 def test_unpack_rejects_wrong_version(version: object) -> None:
     """A record of another (or no) version is refused with ValueError."""
     fields = _fields(make_flow())

@@ -15,6 +15,7 @@ from google.protobuf import descriptor_pb2, struct_pb2
 
 from capture.flow import Flow, Message
 from capture.grpcview import decode_protobuf, grpc_section, split_messages
+from capture.http.grpc import MAX_ENTRIES, MessageOrder, PrefixCounter
 
 
 def framed(data: bytes, compressed: bool = False) -> bytes:
@@ -97,6 +98,43 @@ def test_flow_section_lists_service_method_and_messages_by_direction():
     assert [m["from_client"] for m in section["messages"]] == [True, False, False]
     assert section["messages"][2]["fields"] == [{"number": 1, "wire_type": "varint", "value": 2}]
     assert base64.b64decode(section["messages"][0]["data"]) == sample()
+
+
+def test_prefixes_are_counted_however_the_bytes_are_cut():
+    """Each message is counted once, when its 5-byte prefix is complete, whether it comes whole, split
+    byte by byte, or several to a chunk; message bytes that look like prefixes are skipped."""
+    body = framed(b"") + framed(b"\x00\x00\x00\x00\x09" * 3) + framed(sample()) + framed(b"\x08\x01")
+    assert PrefixCounter().feed(body) == 4
+    counter = PrefixCounter()
+    assert sum(counter.feed(body[i: i + 1]) for i in range(len(body))) == 4
+    counter = PrefixCounter()
+    assert [counter.feed(part) for part in (body[:3], body[3:24], body[24:])] == [0, 2, 2]
+
+
+def test_order_notes_direction_and_time_up_to_a_bound():
+    """Entries follow the bytes as fed, one per message, and stop at MAX_ENTRIES."""
+    order = MessageOrder()
+    order.feed(True, framed(b"a"), 1.0)
+    order.feed(False, framed(b"b") + framed(b"c"), 2.0)
+    order.feed(True, framed(b"d")[:3], 3.0)
+    order.feed(True, framed(b"d")[3:], 4.0)
+    assert order.entries == [(True, 1.0), (False, 2.0), (False, 2.0), (True, 4.0)]
+    order.feed(False, framed(b"") * (MAX_ENTRIES + 10), 5.0)
+    assert len(order.entries) == MAX_ENTRIES
+
+
+def test_messages_are_listed_in_the_order_they_passed():
+    """With the order the proxy noted, a bidirectional call's messages interleave as they passed, each
+    with its time; messages the order does not cover (or a body cut short) follow or drop out."""
+    flow = grpc_flow(framed(b"\x08\x01") + framed(b"\x08\x02") + framed(b"\x08\x03"),
+                     framed(b"\x08\x0b") + framed(b"\x08\x0c"))
+    order = ((True, 1700000000.0), (False, 1700000000.5), (True, 1700000001.0), (False, 1700000001.5),
+             (False, 1700000002.0))  # the last response message was not stored
+    section = grpc_section(flow._replace(grpc_order=order))
+    values = [(m["from_client"], m["fields"][0]["value"], m["time"]) for m in section["messages"]]
+    assert values == [(True, 1, "2023-11-14T22:13:20.000Z"), (False, 11, "2023-11-14T22:13:20.500Z"),
+                      (True, 2, "2023-11-14T22:13:21.000Z"), (False, 12, "2023-11-14T22:13:21.500Z"),
+                      (True, 3, None)]
 
 
 def test_compressed_messages_are_inflated_for_display():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +20,7 @@ import pytest
 import zxingcpp
 from playwright.sync_api import Page, expect
 
+import test_e2e_grpc_messages
 from conftest import Appliance, wait_for
 
 DATA = Path(__file__).parent / "data"
@@ -40,8 +42,15 @@ def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    appliance = Appliance(tmp_path_factory.mktemp("ui")).start()
+def grpc_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    server = test_e2e_grpc_messages.serve(tmp_path_factory.mktemp("grpc"))
+    yield server
+    server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory, grpc_origin: Any) -> Iterator[Appliance]:
+    appliance = Appliance(tmp_path_factory.mktemp("ui"), tls={"upstream_ca": grpc_origin.ca.path}).start()
     yield appliance
     appliance.stop()
 
@@ -344,6 +353,27 @@ def test_websocket_messages_in_the_detail(ui, page, console):
         expect(messages).to_contain_text("closed by client, code 4000 done here")
     finally:
         server.stop()
+
+
+def test_grpc_messages_in_the_detail(ui, grpc_origin, page, console):
+    """A bidirectional gRPC call's flow names its service and method and lists its messages as they
+    passed, request and response in turn, each with its time and decoded fields."""
+    session = ui.new_session(name="grpc")
+    with test_e2e_grpc_messages.channel_through(ui, grpc_origin.port) as channel:
+        assert test_e2e_grpc_messages.ping_pong_sizes(channel) == [2.0, 4.0]
+    ui.wait_for_flows(session["id"], 1)
+    sign_in(page, ui)
+    page.get_by_label("Session", exact=True).select_option(str(session["id"]))
+    rows(page).first.click()
+    messages = page.get_by_role("region", name="gRPC messages")
+    expect(messages.get_by_role("heading")).to_have_text(f"gRPC {test_e2e_grpc_messages.SERVICE}/Sizes")
+    expect(messages).to_contain_text("grpc-status 0")
+    summaries = messages.locator("summary")
+    expect(summaries).to_have_count(4)
+    for i, side in enumerate(["request", "response", "request", "response"]):
+        expect(summaries.nth(i)).to_contain_text(f"{side} message {i + 1}")
+        expect(summaries.nth(i)).to_contain_text(re.compile(r"at \d\d:\d\d:\d\d\.\d{3}"))
+    expect(messages.locator("pre").nth(2)).to_contain_text('"value": 3')
 
 
 def test_session_actions(ui, page, console):

@@ -28,7 +28,7 @@ from typing import Any
 from twisted.python.failure import Failure
 
 from capture import pages
-from capture.http import http1, http2, websocket
+from capture.http import grpc, http1, http2, websocket
 from capture.http.streams import ClientStream, Headers, OriginStream, Pool
 from capture.upstream.errors import describe_connect_error
 
@@ -105,6 +105,8 @@ class Exchange:
         # Captured body chunks, up to the limit; joined once, when the flow is built.
         self._request_body: list[bytes] | None = [] if self._candidates else None
         self._response_body: list[bytes] | None = None
+        # gRPC: which way each message went, and when, for the flow to list them as they passed.
+        self._grpc = grpc.MessageOrder() if self._candidates and grpc.is_grpc_request(headers) else None
         # WebSocket: asked for, accepted by the origin's 101 (its head for the client, each side's
         # extensions), then relayed by a WebSocket layer; ``_live`` is the open flow with the recorder.
         self.websocket = framing == "none" and websocket.upgrade_requested(method, headers)
@@ -152,6 +154,8 @@ class Exchange:
         self._request_size = size + len(data)
         if self._request_body is not None and size < self._limit:
             self._request_body.append(data[: self._limit - size])
+        if self._grpc is not None:
+            self._grpc.feed(True, data, self.services.reactor.seconds())
         if self._pending is not None:
             self._pending.append(data)
         elif self.upstream is not None:
@@ -278,6 +282,8 @@ class Exchange:
         self._response_size = size + len(data)
         if self._response_body is not None and size < self._limit:
             self._response_body.append(data[: self._limit - size])
+        if self._grpc is not None:
+            self._grpc.feed(False, data, self.services.reactor.seconds())
         self.stream.send_data(data)
 
     def response_end(self, trailers: Headers) -> None:
@@ -380,4 +386,5 @@ class Exchange:
             (self.start_time, self._request_done, self._response_start, services.reactor.seconds()),
             f"{self._status} {error}" if local_status else error, self._server_ip,
             self.stream_id, self.client_tls, self._server_tls,
+            self._grpc.entries if self._grpc is not None else (),
         )

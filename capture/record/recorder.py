@@ -49,9 +49,11 @@ class Recorder:
              status: int, reason: str, response: tuple[Headers, Headers, list[bytes] | None, int] | None,
              times: tuple[float, float | None, float | None, float], error: str, server_ip: str,
              stream_id: int = 0, client_tls: tuple[str, str, str, str] | None = None,
-             server_tls: tuple[str, str, str, str] | None = None) -> None:
+             server_tls: tuple[str, str, str, str] | None = None,
+             grpc_order: list[tuple[bool, float]] | tuple[()] = ()) -> None:
         """One HTTP exchange.  Messages come as (headers, trailers, captured chunks, true size):
-        the response's chunks are None when responses are not captured."""
+        the response's chunks are None when responses are not captured; ``grpc_order`` is which
+        way each gRPC message went and when (capture.http.grpc)."""
         headers, trailers, chunks, size = request
         body = b"".join(chunks)
         packed_response = None
@@ -65,7 +67,7 @@ class Recorder:
             client, client_port, scheme, host, port, method, path, version,
             (self.redact(headers), body, size, size > len(body), self.redact(trailers)),
             status, reason, packed_response, start, request_done, response_start, end, error, server_ip, "http",
-            stream_id, client_tls, server_tls,
+            stream_id, client_tls, server_tls, grpc_order,
         ))
 
     def tunnel(self, client: str, client_port: int, scheme: str, host: str, port: int, start: float, end: float,
@@ -76,7 +78,7 @@ class Recorder:
             self.submit(candidates, (
                 client, client_port, scheme, host, port, "CONNECT", "", "1.1", ((), b"", up, False, ()),
                 0, "", ((), b"", down, False, ()) if not error else None, start, None, None, end, error, "", "tunnel",
-                0, None, None,
+                0, None, None, (),
             ))
 
     # -- WebSocket: a flow that stays open ---------------------------------------------------
@@ -92,7 +94,7 @@ class Recorder:
             client, client_port, scheme, host, port, "GET", path, version,
             (self.redact(request_headers), b"", 0, False, ()), 101, reason,
             (self.redact(response_headers), b"", 0, False, ()), start, request_done, response_start, end,
-            error, server_ip, "websocket", 0, client_tls, server_tls,
+            error, server_ip, "websocket", 0, client_tls, server_tls, (),
         )
 
     def open_websocket(self, candidates: tuple[SessionRule, ...],

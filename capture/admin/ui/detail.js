@@ -3,7 +3,7 @@
 // replay and edit-and-resend.
 
 import {get, post} from "./api.js";
-import {h, fill, bytes, ms, statusClass} from "./dom.js";
+import {h, fill, bytes, ms, clock, statusClass} from "./dom.js";
 import {guessView, pairsTable, render, VIEWS} from "./bodyview.js";
 
 export class FlowDetail {
@@ -221,6 +221,6 @@ function grpc(section) {
     h("h3", {}, `gRPC ${section.service}/${section.method}`),
     section.status !== null ? h("p", {}, `grpc-status ${section.status} ${section.status_message || ""}`) : null,
     section.messages.map((m, i) => h("details", {open: i < 4},
-      h("summary", {}, `${m.from_client ? "request" : "response"} message ${i + 1}, ${bytes(m.length)}${m.compressed ? ", compressed" : ""}${m.cut ? ", cut" : ""}`),
+      h("summary", {}, `${m.from_client ? "request" : "response"} message ${i + 1}${m.time ? ` at ${clock(m.time)}` : ""}, ${bytes(m.length)}${m.compressed ? ", compressed" : ""}${m.cut ? ", cut" : ""}`),
       h("pre.body", {}, m.fields ? JSON.stringify(m.fields, null, 1) : `(base64) ${m.data}`))));
 }
