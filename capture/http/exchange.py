@@ -105,8 +105,9 @@ class Exchange:
         # Captured body chunks, up to the limit; joined once, when the flow is built.
         self._request_body: list[bytes] | None = [] if self._candidates else None
         self._response_body: list[bytes] | None = None
-        # gRPC: which way each message went, and when, for the flow to list them as they passed.
-        self._grpc = grpc.MessageOrder() if self._candidates and grpc.is_grpc_request(headers) else None
+        # gRPC (HTTP/2 only): which way each message went, and when, for the flow to list them as they passed.
+        self._grpc = (grpc.MessageOrder() if self._candidates and stream.version == b"2.0"
+                      and grpc.is_grpc_request(headers) else None)
         # WebSocket: asked for, accepted by the origin's 101 (its head for the client, each side's
         # extensions), then relayed by a WebSocket layer; ``_live`` is the open flow with the recorder.
         self.websocket = framing == "none" and websocket.upgrade_requested(method, headers)

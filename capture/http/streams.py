@@ -82,7 +82,7 @@ class Pool(Protocol):
 class ClientStream(Protocol):
     """The client's side of one exchange, implemented by each server layer."""
 
-    version: bytes  # the client's HTTP version: b"1.0", b"1.1" or b"2"
+    version: bytes  # the client's HTTP version: b"1.0", b"1.1" or b"2.0"
 
     def pause_request(self, reason: str) -> None:
         """Read no more of the request body (for ``reason``) until ``resume_request``."""
