@@ -5,6 +5,7 @@ the client side takes it."""
 from __future__ import annotations
 
 import h2.config
+import h2.errors
 import h2.connection
 import h2.events
 import h2.settings
@@ -123,6 +124,18 @@ def test_goaway_lets_accepted_streams_finish_and_fails_the_rest():
     rig.pump()
     assert first_sink.events[-1] == ("end", [])
     assert rig.transport.disconnecting  # nothing left on a connection that is going away
+
+
+def test_a_malformed_goaway_fails_the_streams_and_ends_the_connection():
+    """A GOAWAY shorter than its 8 fixed bytes is a frame size error: open streams fail with a 502 naming
+    it, and the connection ends with a GOAWAY of our own (FRAME_SIZE_ERROR)."""
+    rig = Rig()
+    stream, sink = rig.get("/1")
+    rig.link.dataReceived((4).to_bytes(3, "big") + bytes((7, 0)) + (0).to_bytes(4, "big") + (1).to_bytes(4, "big"))
+    assert sink.events[0][:2] == ("failed", 502) and "GOAWAY frame of 4 bytes" in sink.events[0][2]
+    rig.pump()
+    ended = [e for e in rig.seen if isinstance(e, h2.events.ConnectionTerminated)]
+    assert ended and ended[0].error_code == h2.errors.ErrorCodes.FRAME_SIZE_ERROR
 
 
 def test_data_is_acknowledged_only_as_the_client_side_takes_it():

@@ -21,15 +21,23 @@ def test_goaway_is_taken_out_across_reads_and_the_rest_passes():
         b, found_b, big_b = scanner.feed(wire[cut:])
         assert a + b == PREFACE + frames[0] + frames[2]
         assert found_a + found_b == [(5, 2)]
-        assert not big_a and not big_b
+        assert big_a == big_b == ""
 
 
 def test_an_oversized_frame_is_refused_at_its_header():
     """A frame announcing more than the limit is refused once its 9-byte header is in, before its body."""
     scanner = FrameScanner(16384)
     header = (16385).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01"
-    assert scanner.feed(header[:5])[2] is False
-    assert scanner.feed(header[5:])[2] is True
+    assert scanner.feed(header[:5])[2] == ""
+    assert scanner.feed(header[5:])[2] == "an HTTP/2 frame longer than 16384 bytes"
+
+
+def test_a_goaway_shorter_than_its_fixed_fields_is_a_frame_size_error():
+    """A GOAWAY of fewer than 8 bytes cannot say which streams may finish: the connection is to end."""
+    short = (4).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00" + b"\x00\x00\x00\x05"
+    scanner = FrameScanner(16384)
+    data, found, error = scanner.feed(PingFrame(0, opaque_data=b"12345678").serialize() + short)
+    assert (data, found, error) == (b"", [], "a GOAWAY frame of 4 bytes (at least 8)")
 
 
 def test_our_goaway_frame_parses_as_one():

@@ -9,7 +9,8 @@ Two things ``h2`` cannot do for a proxy are done here, as each frame's
 - GOAWAY frames are taken out and reported.  ``h2`` closes its connection
   state on a GOAWAY and then refuses every frame, even those of streams the
   GOAWAY let finish (RFC 9113 6.8); so the layers handle a peer's GOAWAY
-  themselves and ``h2`` never sees it.
+  themselves and ``h2`` never sees it.  One shorter than its 8 fixed bytes
+  is a frame size error, as ``h2`` would have found it.
 
 Everything else passes unchanged, without a copy when no GOAWAY is in the read.
 """
@@ -30,10 +31,10 @@ class FrameScanner:
         self._skip = skip  # bytes of the current frame's body (or of the preface) still to pass
         self._pending = b""  # an unfinished frame header, or an unfinished GOAWAY frame
 
-    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int]], bool]:
-        """(bytes for h2, [(last stream id, error code) of each GOAWAY taken out], whether a frame was oversized).
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int]], str]:
+        """(bytes for h2, [(last stream id, error code) of each GOAWAY taken out], a frame size error or "").
 
-        Once a frame is oversized, the connection is to end: nothing more is scanned.
+        Once there is a frame size error, the connection is to end: nothing more is scanned.
         """
         buf = self._pending + data if self._pending else data
         pos = start = 0
@@ -51,13 +52,15 @@ class FrameScanner:
             length = int.from_bytes(buf[pos:pos + 3], "big")
             if length > self.max_frame:
                 self._pending = b""
-                return b"", found, True
+                return b"", found, f"an HTTP/2 frame longer than {self.max_frame} bytes"
             if buf[pos + 3] == GOAWAY:
                 if size - pos < HEADER + length:
                     break
+                if length < 8:
+                    self._pending = b""
+                    return b"", found, f"a GOAWAY frame of {length} bytes (at least 8)"
                 body = buf[pos + HEADER:pos + HEADER + length]
-                if length >= 8:
-                    found.append((int.from_bytes(body[:4], "big") & 0x7FFFFFFF, int.from_bytes(body[4:8], "big")))
+                found.append((int.from_bytes(body[:4], "big") & 0x7FFFFFFF, int.from_bytes(body[4:8], "big")))
                 pieces.append(buf[start:pos])
                 pos += HEADER + length
                 start = pos
@@ -66,9 +69,9 @@ class FrameScanner:
                 self._skip = length
         self._pending = buf[pos:] if pos < size else b""
         if start == 0 and pos == size:
-            return buf, found, False
+            return buf, found, ""
         pieces.append(buf[start:pos])
-        return b"".join(pieces), found, False
+        return b"".join(pieces), found, ""
 
 
 def goaway_frame(last_stream_id: int, error_code: int, debug: bytes = b"") -> bytes:

@@ -250,9 +250,9 @@ class H2Server:
     def data_received(self, data: bytes) -> None:
         if self.host.closing and self._going_away and not self.streams:
             return
-        data, goaways, oversized = self._frames.feed(data)
-        if oversized:
-            self._end_connection(ErrorCodes.FRAME_SIZE_ERROR, f"an HTTP/2 frame longer than {MAX_FRAME} bytes")
+        data, goaways, frame_error = self._frames.feed(data)
+        if frame_error:
+            self._end_connection(ErrorCodes.FRAME_SIZE_ERROR, f"{frame_error} from the client")
             return
         try:
             events = self.conn.receive_data(data)

@@ -100,9 +100,9 @@ class H2ClientConnection:
     # -- the link's events ---------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        data, goaways, oversized = self._frames.feed(data)
-        if oversized:
-            self._protocol_error(ErrorCodes.FRAME_SIZE_ERROR, f"a frame longer than {MAX_FRAME} bytes")
+        data, goaways, frame_error = self._frames.feed(data)
+        if frame_error:
+            self._protocol_error(ErrorCodes.FRAME_SIZE_ERROR, frame_error)
             return
         for last_stream_id, _ in goaways:
             self._going_away(last_stream_id)

@@ -42,6 +42,7 @@ def cases() -> dict[str, bytes]:
     for i in range(1, 200):
         continuation = ContinuationFrame(1, data=block[i:i + 1] if i < len(block) else b"")
         flood += continuation.serialize()
+    short_goaway = (4).to_bytes(3, "big") + bytes((7, 0)) + (0).to_bytes(4, "big") + (1).to_bytes(4, "big")
     resets = b"".join(headers(2 * i + 1) + RstStreamFrame(2 * i + 1, error_code=8).serialize() for i in range(150))
     return {
         "bad-preface.bin": b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + SettingsFrame(0).serialize(),
@@ -51,6 +52,7 @@ def cases() -> dict[str, bytes]:
         "continuation-flood.bin": start() + flood,
         "rapid-reset.bin": start() + resets,
         "window-overflow.bin": start() + WindowUpdateFrame(0, window_increment=2**31 - 1).serialize(),
+        "short-goaway.bin": start() + headers(1, flags=("END_HEADERS",)) + short_goaway,
     }
 
 
