@@ -11,6 +11,7 @@ import h2.settings
 from hyperframe.frame import GoAwayFrame
 from twisted.internet import defer, error
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 from capture import config
 from capture.http.http1 import Target
@@ -65,9 +66,9 @@ class Rig:
         origin.pump()
         return origin
 
-    def acquire(self) -> tuple[defer.Deferred, list]:
+    def acquire(self, key=KEY) -> tuple[defer.Deferred, list]:
         got: list = []
-        d = self.pool.acquire(KEY)
+        d = self.pool.acquire(key)
         d.addBoth(got.append)
         return d, got
 
@@ -158,3 +159,35 @@ def test_an_idle_connection_is_closed_and_a_busy_one_is_not():
     rig.clock.advance(2)
     assert one.transport.disconnecting
     assert any(isinstance(e, h2.events.ConnectionTerminated) for e in one.server.receive_data(one.transport.value()))
+
+
+def test_past_max_idle_the_longest_idle_connection_closes_and_closed_ones_are_forgotten():
+    """Many distinct origins: beyond max_idle idle connections the one idle longest gets GOAWAY and
+    closes; once its link is lost nothing of it stays in the pool."""
+    rig = Rig(max_streams=100, max_idle=2)
+    origins = []
+    for i in range(3):
+        _, got = rig.acquire((f"o{i}.test", 443, f"o{i}.test"))
+        origin = rig.connected()
+        send(got[0], origin)
+        origin.answer(origin.requests()[0].stream_id)
+        origins.append(origin)
+    assert [o.transport.disconnecting for o in origins] == [True, False, False]
+    origins[0].link.connectionLost(Failure(error.ConnectionDone()))
+    assert ("o0.test", 443, "o0.test") not in rig.pool._links and len(rig.pool._links) == 2
+
+
+def test_close_all_ends_every_origin_connection_with_goaway():
+    """When the proxy stops, each HTTP/2 origin connection, busy or idle, hears GOAWAY and is closed."""
+    rig = Rig(max_streams=100)
+    _, a = rig.acquire()
+    busy = rig.connected()
+    send(a[0], busy)
+    _, b = rig.acquire(("idle.test", 443, "idle.test"))
+    idle = rig.connected()
+    send(b[0], idle)
+    idle.answer(idle.requests()[0].stream_id)
+    rig.pool.close_all()
+    for origin in (busy, idle):
+        assert origin.transport.disconnecting
+        assert any(isinstance(e, h2.events.ConnectionTerminated) for e in origin.server.receive_data(origin.transport.value()))

@@ -140,21 +140,21 @@ class ProxyFactory(Factory):
         }
 
     def drain(self, grace: float) -> defer.Deferred:
-        """Stop: close idle client connections now, busy ones after their exchange, all within ``grace``."""
+        """Stop: close idle client connections now, busy ones after their exchange, all within ``grace``;
+        then the HTTP/2 origin connections."""
         self.draining = True
         for client in list(self.clients):
             client.close_when_idle()
         d: defer.Deferred = defer.Deferred()
 
         def check(deadline: float) -> None:
-            if not self.clients:
-                d.callback(None)
-            elif self.reactor.seconds() >= deadline:
-                for client in list(self.clients):
-                    client.transport.abortConnection()
-                d.callback(None)
-            else:
+            if self.clients and self.reactor.seconds() < deadline:
                 self.reactor.callLater(0.05, check, deadline)
+                return
+            for client in list(self.clients):
+                client.transport.abortConnection()
+            self.h2_pool.close_all()  # origins hear GOAWAY rather than a dropped connection
+            d.callback(None)
 
         check(self.reactor.seconds() + grace)
         return d

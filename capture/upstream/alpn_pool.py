@@ -9,7 +9,10 @@ when every connection to an origin is full another is opened (at most
 ``max_per_origin``), and beyond that a stream waits its turn, bounded in
 number and in time.  A connection the origin sent GOAWAY takes no new
 streams while the ones it accepted finish; one without streams for
-``idle_timeout`` seconds is closed.
+``idle_timeout`` seconds is closed, and so is the longest idle one when
+more than ``max_idle`` are idle at once (many distinct origins); a closed
+connection is forgotten at once.  ``close_all`` ends them all when the
+proxy stops.
 
 ``AlpnOrigins`` is one HTTP/2 client connection's view: the TLS layer
 connects to the origin before finishing the client's handshake (offering
@@ -47,7 +50,7 @@ class H2Pool:
 
     def __init__(self, reactor: Any, connector: Connector, h1_pool: UpstreamPool, limits: Any,
                  idle_timeout: float = 60.0, max_per_origin: int = 4, max_waiting: int = 1024,
-                 max_known_h1: int = 4096) -> None:
+                 max_known_h1: int = 4096, max_idle: int = 1024) -> None:
         self.reactor = reactor
         self.connector = connector
         self.h1_pool = h1_pool
@@ -58,11 +61,12 @@ class H2Pool:
         # A stream waits for a free slot at most as long as a connection may take to open.
         self.wait_timeout = float(limits.connect_timeout)
         self.max_known_h1 = max_known_h1
+        self.max_idle = max_idle
         self._links: dict[OriginKey, list[H2ClientConnection]] = {}
         self._connecting: dict[OriginKey, int] = {}
         self._waiting: dict[OriginKey, deque[tuple[defer.Deferred, Any]]] = {}
         self._h1: dict[OriginKey, None] = {}  # origins that chose HTTP/1.1, oldest first
-        self._idle: dict[H2ClientConnection, Any] = {}
+        self._idle: dict[H2ClientConnection, Any] = {}  # longest idle first
 
     # -- what client connections ask ----------------------------------------------
 
@@ -98,6 +102,12 @@ class H2Pool:
         self._links.setdefault(key, []).append(connection)
         self._start_idle(connection)
         self._serve(key)
+
+    def close_all(self) -> None:
+        """The proxy stops: GOAWAY and close on every origin connection (streams still open fail)."""
+        for connections in list(self._links.values()):
+            for connection in list(connections):
+                connection.close()
 
     # -- inside ---------------------------------------------------------------------
 
@@ -191,6 +201,11 @@ class H2Pool:
             timer = self._idle.pop(connection, None)
             if timer is not None and timer.active():
                 timer.cancel()
+            links = self._links.get(key)
+            if links is not None and connection in links:
+                links.remove(connection)
+                if not links:
+                    del self._links[key]
         self._serve(key)
 
     def _start_idle(self, connection: H2ClientConnection) -> None:
@@ -198,6 +213,10 @@ class H2Pool:
         if old is not None and old.active():
             old.cancel()
         self._idle[connection] = self.reactor.callLater(self.idle_timeout, self._idle_expired, connection)
+        while len(self._idle) > self.max_idle:
+            oldest = next(iter(self._idle))
+            self._idle.pop(oldest).cancel()
+            oldest.close()
 
     def _idle_expired(self, connection: H2ClientConnection) -> None:
         self._idle.pop(connection, None)
