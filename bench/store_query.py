@@ -5,7 +5,8 @@
 
 Builds a store with one session of ``--flows`` flows (response bodies of
 random size up to twice ``--body`` bytes), ingested ``--batch`` at a time as
-the proxy ships them, and reports the CPU each flow cost to store.  Then it
+the proxy ships them, and reports the CPU each flow cost to store (in this
+process, and in a throwaway PostgreSQL server's processes).  Then it
 times each query: the first run, and the median of the next five.  A query
 the store pushes down to SQL reads only the summary columns; one with a
 residual (``~b``, ``~h``) decodes every candidate flow, and is shown for
@@ -71,12 +72,36 @@ def packed_flow(i: int, rnd: random.Random, body_size: int) -> bytes:
     ).pack()
 
 
-def build(path: str, count: int, body_size: int, batch_size: int) -> tuple[Any, int]:
-    """Ingest ``count`` flows in batches as the proxy ships them; report the CPU each flow cost."""
+def server_cpu(postmaster: int | None) -> float:
+    """CPU seconds of a local PostgreSQL server so far: every live process of it, and those it has reaped."""
+    if postmaster is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid, ppid = int(entry), int(fields[1])
+        if pid == postmaster:  # utime, stime, and its reaped children's
+            total += sum(int(v) for v in fields[11:15]) / tick
+        elif ppid == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def build(path: str, count: int, body_size: int, batch_size: int, postmaster: int | None = None) -> tuple[Any, int]:
+    """Ingest ``count`` flows in batches as the proxy ships them; report the CPU each flow cost
+    (and, for a local PostgreSQL server, the server's)."""
     store = open_store(path)
     session_id = store.create_session("bench")["id"]
     rnd = random.Random(1)
     flows = [packed_flow(i, rnd, body_size) for i in range(count)]
+    server_before = server_cpu(postmaster)
     started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     longest = 0.0  # the CPU of the costliest call: how long the store can hold a CPU at once
     for first in range(0, count, batch_size):
@@ -85,6 +110,7 @@ def build(path: str, count: int, body_size: int, batch_size: int) -> tuple[Any, 
         store.ingest("bench", batch)
         longest = max(longest, time.process_time() - call)
     elapsed, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    server = (server_cpu(postmaster) - server_before) / count * 1e6
     stored = store.get_session(session_id)["flow_count"]
     if stored != count:
         raise SystemExit(f"the store holds {stored} of {count} flows: ingest rejected some")
@@ -93,7 +119,8 @@ def build(path: str, count: int, body_size: int, batch_size: int) -> tuple[Any, 
     backend = store.health()["backend"]
     print(f"{backend}: ingested {count} flows in batches of {batch_size} in {elapsed:.1f} s ({count / elapsed:.0f}/s),"
           f" CPU per flow in this process {user:.1f} us user + {system:.1f} us system,"
-          f" longest call {longest * 1e3:.1f} ms CPU" + (f", store {size / 1e6:.0f} MB" if size else ""))
+          f" longest call {longest * 1e3:.1f} ms CPU" + (f", store {size / 1e6:.0f} MB" if size else "")
+          + (f", server CPU per flow {server:.1f} us" if postmaster is not None else ""))
     # The same batches again, as after a lost acknowledgement: nothing new may be stored.
     replay = [(i + 1, [session_id], flows[i]) for i in range(count)]
     started = time.perf_counter()
@@ -179,7 +206,8 @@ def main() -> None:
     try:
         results = []
         for database in databases:
-            store, session_id = build(database, options.flows, options.body, options.batch)
+            postmaster = cluster.pid if cluster is not None and database.startswith("postgresql:") else None
+            store, session_id = build(database, options.flows, options.body, options.batch, postmaster)
             results.append((store.health()["backend"], run_queries(store, session_id)))
             store.close()
     finally:

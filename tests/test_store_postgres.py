@@ -66,30 +66,3 @@ def test_store_opens_and_answers_at_once_while_the_database_host_is_silent(silen
         assert health["reachable"] is False and "no answer" in health["error"]
     finally:
         assert bounded(store.close)[0] == "ok"
-
-
-def test_the_incoming_table_stays_small(postgres_cluster):
-    """Batches are copied into a temporary table and deleted from it by the statement that moves them;
-    the periodic VACUUM keeps that table from growing with the flows stored."""
-    from capture.flow import Flow, Message
-    from capture.sessiond.store import postgres
-    from capture.sessiond.store.postgres import PostgresStore
-
-    flow = Flow(client="10.0.0.1", client_port=5000, scheme="http", host="example.com", port=80, method="GET",
-                path="/", request=Message(((b"Host", b"example.com"),), b"", 0, False), status=200,
-                response=Message(((b"Content-Type", b"text/plain"),), b"x" * 3000, 3000, False),
-                start=1_700_000_000.0, request_done=1_700_000_000.1, response_start=1_700_000_000.2,
-                end=1_700_000_000.3, error="").pack()
-    store = PostgresStore(postgres_cluster.create_database())
-    try:
-        session_id = store.create_session("s")["id"]
-        sizes = []
-        for first in range(1, 4 * postgres.TEMP_VACUUM, 100):
-            store.ingest("i", [(seq, [session_id], flow) for seq in range(first, first + 100)])
-            sizes.append(store._conn.execute("SELECT pg_total_relation_size('incoming')").fetchone()[0])
-        assert store.get_session(session_id)["flow_count"] == len(range(1, 4 * postgres.TEMP_VACUUM, 100)) * 100
-        assert store._conn.execute("SELECT count(*) FROM incoming").fetchone()[0] == 0
-        # Emptied by every batch and vacuumed every TEMP_VACUUM rows: never the size of all it carried.
-        assert max(sizes[len(sizes) // 2:]) <= 2 * max(sizes[: len(sizes) // 2])
-    finally:
-        store.close()

@@ -7,11 +7,12 @@ through any appliance is the same on all; every change sends a
 here tells the session manager, which pushes fresh rules to its proxies.
 
 Exactly once: a flow is unique by ``(instance, seq)``, the proxy instance
-that captured it and its number there.  A batch is copied (``COPY``) into a
-temporary table and moved with ``INSERT ... SELECT ... ON CONFLICT DO
-NOTHING`` in one transaction with its session links, counts and the
-instance's delivery mark, so a resend, a crash or a second session manager
-replaying the same spill file can never store a flow twice.
+that captured it and its number there.  Each batch locks the instance's
+delivery mark (the last sequence number stored), skips what it covers, and
+copies (``COPY``) the rest straight into the tables, with their session
+links, counts and the new mark, in one transaction; so a resend, a crash or
+a second session manager replaying the same spill file can never store a
+flow twice (and the unique index would refuse the batch if it tried).
 
 Blocking: psycopg's synchronous API.  The session manager calls this store
 from one dedicated thread (:attr:`blocking` says so), never its reactor;
@@ -178,19 +179,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 _OPS = (None, "open", "messages", "close")
 
-# The columns a batch is copied into, per connection, emptied by the statement that
-# moves them.  Not ON COMMIT DELETE ROWS: that truncates every such table (and the
-# TOAST table and index behind it) at each commit, about 3.5 ms a batch measured
-# here; the space the deleted rows leave is reclaimed by a VACUUM every TEMP_VACUUM rows.
-# ``sessions`` is the flow's session ids joined by commas: text is the cheapest
-# column to copy in binary, where an array would be built in Python per row.
-_INCOMING = """CREATE TEMPORARY TABLE IF NOT EXISTS incoming (
-    seq bigint, sessions text, time double precision, client text, client_port bigint,
-    method text, scheme text, host text, port bigint, path text, url text, status bigint,
-    request_size bigint, response_size bigint, content_type text, duration_ms double precision,
-    error text, kind text, has_response smallint, request_type text, response_type text,
-    plain smallint, asset boolean, record bytea
-)"""
+# A batch's flows are copied (``COPY``, binary) straight into their tables, ids
+# drawn from the identity's sequence first: every byte is written once, and the
+# flows need no temporary table, no join and no TOAST of a record twice.  Only
+# flows past the instance's delivery mark, locked for the transaction, are
+# copied, so none can already be there; the unique (instance, seq) index would
+# refuse the batch rather than store a flow twice.
+# ``gone`` holds the flows a session's deletion may orphan, per connection.
 _GONE = "CREATE TEMPORARY TABLE IF NOT EXISTS gone (flow_id bigint PRIMARY KEY)"
 TEMP_VACUUM = 2000
 _FLOW_COLUMNS = (
@@ -198,36 +193,18 @@ _FLOW_COLUMNS = (
     " response_size, content_type, duration_ms, error, kind, has_response, request_type,"
     " response_type, plain, asset"
 )
-# Binary: the record goes as it is (text would send bytea as hex, twice its size,
+_FLOW_IDS = "SELECT nextval(pg_get_serial_sequence('flows', 'id')) FROM generate_series(1, %s)"
+# Binary: a record goes as it is (text would send bytea as hex, twice its size,
 # for the server to decode), and each value is written by psycopg's C dumpers.
-_COPY = f"COPY incoming (seq, sessions, {_FLOW_COLUMNS}, record) FROM STDIN (FORMAT BINARY)"
-_COPY_TYPES = (
-    "int8", "text", "float8", "text", "int8", "text", "text", "text", "int8", "text", "text", "int8",
-    "int8", "int8", "text", "float8", "text", "text", "int2", "text", "text", "int2", "bool", "bytea",
+_COPY_FLOWS = f"COPY flows (id, instance, seq, appliance, {_FLOW_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_COPY_FLOW_TYPES = (
+    "int8", "text", "int8", "text", "float8", "text", "int8", "text", "text", "text", "int8", "text", "text", "int8",
+    "int8", "int8", "text", "float8", "text", "text", "int2", "text", "text", "int2", "bool",
 )
-# One statement: the new flows (a resent one conflicts and is skipped), their
-# records, their links to existing sessions, the sessions' counts and the instance's
-# mark; the incoming rows are deleted by it too (every part sees them as they were).
-_MOVE = f"""WITH new AS (
-    INSERT INTO flows (instance, seq, appliance, {_FLOW_COLUMNS})
-    SELECT %(instance)s, seq, %(appliance)s, {_FLOW_COLUMNS} FROM incoming ORDER BY seq
-    ON CONFLICT (instance, seq) DO NOTHING
-    RETURNING id, seq, time
-), records AS (
-    INSERT INTO flow_records (id, record) SELECT new.id, i.record FROM new JOIN incoming i USING (seq)
-), links AS (
-    INSERT INTO session_flows (session_id, time, flow_id)
-    SELECT s.id, new.time, new.id FROM new JOIN incoming i USING (seq) CROSS JOIN LATERAL unnest(string_to_array(i.sessions, ',')::bigint[]) AS s(id)
-    RETURNING session_id
-), counts AS (
-    UPDATE sessions SET flow_count = flow_count + c.n
-    FROM (SELECT session_id, count(*) AS n FROM links GROUP BY session_id) c WHERE sessions.id = c.session_id
-), mark AS (
-    UPDATE delivered SET last_seq = %(mark)s WHERE instance = %(instance)s
-), moved AS (
-    DELETE FROM incoming
-)
-SELECT id, seq FROM new ORDER BY id"""
+_COPY_RECORDS = "COPY flow_records (id, record) FROM STDIN (FORMAT BINARY)"
+_COPY_LINKS = "COPY session_flows (session_id, time, flow_id) FROM STDIN (FORMAT BINARY)"
+_COUNT_FLOWS = ("UPDATE sessions SET flow_count = flow_count + c.n FROM unnest(%s::bigint[], %s::bigint[]) AS c(id, n)"
+                " WHERE sessions.id = c.id")
 _UPDATE_FLOW = (
     "UPDATE flows SET time = %s, client = %s, client_port = %s, method = %s, scheme = %s, host = %s, port = %s,"
     " path = %s, url = %s, status = %s, request_size = %s, response_size = %s, content_type = %s,"
@@ -480,7 +457,6 @@ class PostgresStore:
             first_mark, existing = self._lock_batch(cur, instance, named)
             mark = first_mark
             rows: list[tuple[Any, ...]] = []
-            kept: dict[int, tuple[list[int], Flow]] = {}
             opened: set[int] = set()
             live: list[tuple[str, Any, Any]] = []
             for item in batch:
@@ -511,24 +487,15 @@ class PostgresStore:
                     continue
                 if not targets:
                     continue
-                rows.append((seq, ",".join(map(str, targets)), *columns, _ASSET(flow), record))
-                kept[seq] = (targets, flow)
+                rows.append((seq, targets, columns, _ASSET(flow), record, flow))
                 if op == "open":
                     opened.add(seq)
             if rows:
-                with cur.copy(_COPY) as copy:
-                    copy.set_types(_COPY_TYPES)
-                    for copied in rows:
-                        copy.write_row(copied)
-                cur.execute(_MOVE, {"instance": instance, "appliance": self._appliance, "mark": mark})
-                new = cur.fetchall()
-                first_mark = mark  # the statement moved the mark too
-                sockets = [(flow_id, instance, seq) for flow_id, seq in new if seq in opened]
+                stored = self._copy_flows(cur, instance, rows)
+                sockets = [(flow_id, instance, seq) for (flow_id, _, _), (seq, *_) in zip(stored, rows)
+                           if seq in opened]
                 if sockets:
                     cur.executemany("INSERT INTO websockets (flow_id, instance, open_seq) VALUES (%s, %s, %s)", sockets)
-                for flow_id, seq in new:
-                    targets, flow = kept[seq]
-                    stored.append((flow_id, targets, flow))
             for op, ref, record in live:
                 try:
                     with cur.connection.transaction():  # a savepoint: a bad item costs only itself
@@ -541,9 +508,6 @@ class PostgresStore:
         self._unanalyzed += len(stored)
         if self._unanalyzed >= ANALYZE_MIN:
             self._renew_statistics()
-        self._temp_rows += len(rows)
-        if self._temp_rows >= TEMP_VACUUM:
-            self._vacuum_temporary()
         if on_stored is not None:
             for flow_id, session_ids, flow in stored:
                 on_stored(flow_id, session_ids, flow)
@@ -551,6 +515,34 @@ class PostgresStore:
             for flow_id, (session_ids, count, new_count) in added.items():
                 on_messages(flow_id, session_ids, count, new_count)
         return mark
+
+    def _copy_flows(self, cur: psycopg.Cursor, instance: str,
+                    rows: list[tuple[Any, ...]]) -> list[tuple[int, list[int], Flow]]:
+        """Copy new flows, their records and session links, and count them in their sessions.
+
+        ``rows`` are (seq, session ids, columns, asset, record, flow) in seq
+        order; the flows get ids in that order.  (flow id, session ids, flow) each.
+        """
+        cur.execute(_FLOW_IDS, (len(rows),))
+        ids = sorted(flow_id for (flow_id,) in cur.fetchall())
+        appliance = self._appliance
+        counts: dict[int, int] = {}
+        with cur.copy(_COPY_FLOWS) as copy:
+            copy.set_types(_COPY_FLOW_TYPES)
+            for flow_id, (seq, _, columns, asset, _, _) in zip(ids, rows):
+                copy.write_row((flow_id, instance, seq, appliance, *columns, asset))
+        with cur.copy(_COPY_RECORDS) as copy:
+            copy.set_types(("int8", "bytea"))
+            for flow_id, row in zip(ids, rows):
+                copy.write_row((flow_id, row[4]))
+        with cur.copy(_COPY_LINKS) as copy:
+            copy.set_types(("int8", "float8", "int8"))
+            for flow_id, (_, targets, columns, _, _, _) in zip(ids, rows):
+                for session_id in targets:
+                    copy.write_row((session_id, columns[0], flow_id))
+                    counts[session_id] = counts.get(session_id, 0) + 1
+        cur.execute(_COUNT_FLOWS, (list(counts), list(counts.values())))
+        return [(flow_id, row[1], row[5]) for flow_id, row in zip(ids, rows)]
 
     def _live(self, cur: psycopg.Cursor, instance: str, op: str, ref: Any, record: Any,
               stored: list[tuple[int, list[int], Flow]], added: dict[int, list[Any]]) -> None:
@@ -594,7 +586,7 @@ class PostgresStore:
         if conn is None:
             return
         try:
-            conn.execute("VACUUM incoming, gone")
+            conn.execute("VACUUM gone")
         except psycopg.Error as e:
             if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
                 self._lost(e)
@@ -874,7 +866,6 @@ class PostgresStore:
             answered.set()
             try:
                 _migrate(conn)
-                conn.execute(_INCOMING)
                 conn.execute(_GONE)
                 if self._closing.is_set():
                     raise Unavailable("the store is closing")
