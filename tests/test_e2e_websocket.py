@@ -9,7 +9,6 @@ origin is tests/ws_origin.py, the ``websockets`` server in its own process.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -26,7 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from certs import OriginCA
 from conftest import REPO, child_env, pid_alive, wait_for
@@ -316,3 +314,119 @@ def test_paused_session_records_no_messages(ws_appliance, origins):
     run(talk())
     detail = wait_for_close(ws_appliance, ws_appliance.wait_for_flows(session["id"], 1)[0]["id"])
     assert [m["content"] for m in detail["websocket"]["messages"]] == ["before", "before", "after", "after"]
+
+
+# -- the proxy process killed with sockets open ------------------------------------
+
+PROXY_STOPPED = {"code": 1006, "reason": "proxy stopped", "closed_by": "proxy"}
+
+
+def message_count(appliance, flow_id: int, count: int):
+    """A predicate: the flow's detail once it holds ``count`` messages."""
+    def check():
+        detail = appliance.api("GET", f"/api/flows/{flow_id}").json()
+        return detail if detail["websocket"]["message_count"] == count else None
+    return check
+
+
+def kill_proxy(appliance) -> int:
+    """SIGKILL of the twistd (proxy) process we started; returns its session manager's pid."""
+    sessiond = appliance.sessiond_pid()
+    os.kill(appliance.process.pid, signal.SIGKILL)
+    appliance.process.wait(timeout=10)
+    return sessiond
+
+
+def all_messages(appliance, flow_id: int) -> list[str]:
+    page = appliance.api("GET", f"/api/flows/{flow_id}/messages", params={"offset": 0, "limit": 1000}).json()
+    assert page["total"] == len(page["messages"])
+    return [m["content"] for m in page["messages"]]
+
+
+def test_proxy_killed_mid_socket_is_closed_by_the_next_start(ws_appliance, origins):
+    """kill -9 of the proxy with a socket open: the next start closes its flow (1006, "proxy stopped",
+    closed by proxy), its messages stored once."""
+    session = ws_appliance.new_session()
+
+    async def talk():
+        async with connect(f"ws://127.0.0.1:{origins['plain'].port}/doomed", proxy=ws_appliance.proxy_url) as ws:
+            await ws.send("before the kill")
+            assert await ws.recv() == "before the kill"
+            flow_id = await asyncio.to_thread(lambda: ws_appliance.wait_for_flows(session["id"], 1)[0]["id"])
+            await asyncio.to_thread(wait_for, message_count(ws_appliance, flow_id, 2), 15)
+            sessiond = kill_proxy(ws_appliance)
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()  # the socket died with the proxy
+            return flow_id, sessiond
+    flow_id, sessiond = run(talk())
+    wait_for(lambda: not pid_alive(sessiond), 15)  # the orphaned session manager leaves by itself
+    ws_appliance.start()
+    detail = wait_for_close(ws_appliance, flow_id)
+    assert detail["websocket"]["close"] == PROXY_STOPPED
+    assert detail["websocket"]["message_count"] == 2
+    assert all_messages(ws_appliance, flow_id) == ["before the kill"] * 2
+
+
+def test_socket_of_a_killed_proxy_waiting_in_its_spill_file_is_stored_closed(make_appliance, origins, origin):
+    """The store frozen, the proxy killed with a socket open whose flow and messages wait in the spill file:
+    the next start ships them, the flow closed as the proxy stopped, each message once."""
+    appliance = make_appliance(capture={"buffer_memory": 16384}).start()
+    session = appliance.new_session()
+    sessiond = appliance.sessiond_pid()
+    os.kill(sessiond, signal.SIGSTOP)
+    try:
+        client = appliance.client()
+        for i in range(400):  # well past the in-flight window: what comes next stays in the spill file
+            assert client.get(f"{origin.url}/bytes?n=1&i={i}", timeout=10).status_code == 200
+        client.close()
+        spilled = appliance.status()["spilled_flows"]
+        assert spilled > 0
+
+        async def talk():
+            async with connect(f"ws://127.0.0.1:{origins['plain'].port}/spilled", proxy=appliance.proxy_url) as ws:
+                for n in range(5):
+                    await ws.send(f"s{n}")
+                    assert await ws.recv() == f"s{n}"
+                await asyncio.to_thread(wait_for, lambda: appliance.status()["spilled_flows"] >= spilled + 2, 15)
+                await asyncio.sleep(0.2)  # the last messages' batch is queued 20 ms after they pass
+                kill_proxy(appliance)
+        run(talk())
+    finally:
+        os.kill(sessiond, signal.SIGCONT)
+    wait_for(lambda: not pid_alive(sessiond), 15)
+    appliance.start()
+    (summary,) = wait_for(lambda: appliance.flows(session["id"], filter="~websocket")["flows"], 30)
+    detail = wait_for_close(appliance, summary["id"])
+    assert detail["websocket"]["close"] == PROXY_STOPPED
+    wait_for(lambda: appliance.status().get("pending_flows") == 0, 30)
+    assert all_messages(appliance, summary["id"]) == [f"s{n}" for n in range(5) for _ in (0, 1)]
+
+
+def test_killed_session_manager_leaves_a_live_socket_open(ws_appliance, origins):
+    """kill -9 of the session manager alone: the proxy keeps the socket, its flow stays open and keeps
+    its messages, and the client's close is the one stored."""
+    session = ws_appliance.new_session()
+
+    async def talk():
+        async with connect(f"ws://127.0.0.1:{origins['plain'].port}/survivor", proxy=ws_appliance.proxy_url) as ws:
+            await ws.send("one")
+            assert await ws.recv() == "one"
+            flow_id = await asyncio.to_thread(lambda: ws_appliance.wait_for_flows(session["id"], 1)[0]["id"])
+            await asyncio.to_thread(wait_for, message_count(ws_appliance, flow_id, 2), 15)
+            old = ws_appliance.sessiond_pid()
+            os.kill(old, signal.SIGKILL)
+
+            def restarted():
+                manager = ws_appliance.status().get("session_manager", {})
+                return manager.get("connected") and manager.get("pid") not in (None, old)
+            await asyncio.to_thread(wait_for, restarted, 30)
+            await ws.send("two")
+            assert await ws.recv() == "two"
+            detail = await asyncio.to_thread(wait_for, message_count(ws_appliance, flow_id, 4), 15)
+            assert detail["websocket"]["open"] is True and detail["websocket"]["close"] is None
+            await ws.close(1000, "done")
+            return flow_id
+    flow_id = run(talk())
+    detail = wait_for_close(ws_appliance, flow_id)
+    assert detail["websocket"]["close"] == {"code": 1000, "reason": "done", "closed_by": "client"}
+    assert all_messages(ws_appliance, flow_id) == ["one", "one", "two", "two"]
