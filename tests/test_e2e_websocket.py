@@ -430,3 +430,59 @@ def test_killed_session_manager_leaves_a_live_socket_open(ws_appliance, origins)
     detail = wait_for_close(ws_appliance, flow_id)
     assert detail["websocket"]["close"] == {"code": 1000, "reason": "done", "closed_by": "client"}
     assert all_messages(ws_appliance, flow_id) == ["one", "one", "two", "two"]
+
+
+def test_killed_worker_closes_only_its_own_sockets(make_appliance, origins):
+    """With workers = 2, kill -9 of worker 1: once it is restarted its sockets' flows are closed as the proxy
+    stopped, and the main process's socket stays open, recording."""
+    appliance = make_appliance(proxy={"workers": 2}).start()
+    wait_for(lambda: appliance.status()["workers"]["running"] == 2, 20)
+    session = appliance.new_session()
+
+    def connections() -> dict[int, int]:
+        return {p["worker"]: p["client_connections"] for p in appliance.status()["processes"]}
+
+    async def talk():
+        held = {0: 0, 1: 0}
+        sockets: dict[int, tuple] = {}  # worker -> (a socket it holds, that socket's path)
+        spare = []
+        for n in range(40):  # the kernel spreads new connections over both processes
+            ws = await connect(f"ws://127.0.0.1:{origins['plain'].port}/w{n}", proxy=appliance.proxy_url)
+            await ws.send(f"hello {n}")
+            assert await ws.recv() == f"hello {n}"
+            # Workers report their counters every second: wait for the process that took it to say so.
+            (owner,) = await asyncio.to_thread(
+                wait_for, lambda: [w for w, count in connections().items() if count > held.get(w, 0)], 10)
+            held[owner] += 1
+            if owner in sockets:
+                spare.append(ws)
+            else:
+                sockets[owner] = (ws, f"/w{n}")
+            if len(sockets) == 2:
+                break
+        assert len(sockets) == 2, held
+        worker = next(p["pid"] for p in appliance.status()["processes"] if p["worker"] == 1)
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(ConnectionClosed):
+            await sockets[1][0].recv()
+
+        def restarted():
+            status = appliance.status()
+            pids = [p["pid"] for p in status["processes"] if p["worker"] == 1]
+            return status["workers"]["restarts"] == 1 and pids and pids[0] != worker
+        await asyncio.to_thread(wait_for, restarted, 30)
+        ws = sockets[0][0]
+        await ws.send("still here")
+        assert await ws.recv() == "still here"
+        by_path = {f["path"]: f["id"] for f in await asyncio.to_thread(lambda: appliance.flows(session["id"])["flows"])}
+        main_flow, worker_flow = by_path[sockets[0][1]], by_path[sockets[1][1]]
+        closed = await asyncio.to_thread(wait_for_close, appliance, worker_flow)
+        detail = await asyncio.to_thread(wait_for, message_count(appliance, main_flow, 4), 15)
+        for other in spare:
+            await other.close()
+        await ws.close(1000, "done")
+        return closed, detail, main_flow
+    closed, detail, main_flow = run(talk())
+    assert closed["websocket"]["close"] == PROXY_STOPPED and closed["websocket"]["message_count"] == 2
+    assert detail["websocket"]["open"] is True
+    assert wait_for_close(appliance, main_flow)["websocket"]["close"]["closed_by"] == "client"
