@@ -220,7 +220,8 @@ def test_other_workers_and_appliances_keep_their_sockets(store, store_database):
 
 
 def test_a_run_that_ended_delivered_later_is_stored_closed(store):
-    """Items replayed from an ended run's spill file: the socket is stored closed, its messages once, its own close wins."""
+    """Items replayed from an ended run's spill file: the socket is stored closed, its messages once,
+    and a close of its own wins."""
     sid = store.create_session("s")["id"]
     batch = [_opened_at(1, [sid], "/spilled"), messages(2, 1, range(2))]
     assert store.ingest("gone", batch, ended=True) == 2

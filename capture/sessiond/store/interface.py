@@ -140,7 +140,9 @@ class Store(Protocol):
         follow are still appended, and a close of its own still replaces that.
         """
 
-    def close_orphans(self, instance: str, worker: int, workers: int | None = None) -> list[tuple[int, list[int], Flow]]:
+    def close_orphans(
+        self, instance: str, worker: int, workers: int | None = None
+    ) -> list[tuple[int, list[int], Flow]]:
         """Close with ``PROXY_STOPPED`` the open WebSocket flows this appliance's proxy runs left behind.
 
         ``instance`` has just said hello as proxy process ``worker`` of this

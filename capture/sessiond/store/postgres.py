@@ -697,7 +697,9 @@ class PostgresStore:
         row = cur.fetchone()
         return None if row is None or row[0] is None else unpack_close(bytes(row[0]))
 
-    def close_orphans(self, instance: str, worker: int, workers: int | None = None) -> list[tuple[int, list[int], Flow]]:
+    def close_orphans(
+        self, instance: str, worker: int, workers: int | None = None
+    ) -> list[tuple[int, list[int], Flow]]:
         """Close the open WebSocket flows earlier runs of this proxy process left; never another appliance's."""
         beyond = check_orphans(instance, worker, workers)
         closed = []

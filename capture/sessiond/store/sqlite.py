@@ -16,9 +16,11 @@ so a query over a session's summaries reads compact rows, not megabytes of
 bodies.  Filters are pushed down to SQL by :mod:`capture.sessiond.query`.
 
 A WebSocket flow is stored when it opens; ``websockets`` remembers which
-proxy item opened it (so its later items find it) and which proxy process,
-how many messages it has and, once it ends, how it closed; ``websocket_messages`` holds its messages,
-one row each, keyed ``(flow_id, n)`` in the order they passed.
+proxy item opened it (so its later items find it) and which proxy process
+(so that process's next run closes it, should its own close never come),
+how many messages it has and, once it ends, how it closed;
+``websocket_messages`` holds its messages, one row each, keyed
+``(flow_id, n)`` in the order they passed.
 """
 
 from __future__ import annotations
@@ -693,16 +695,20 @@ class SQLiteStore:
         row = self._db.execute("SELECT close FROM websockets WHERE flow_id = ?", (flow_id,)).fetchone()
         return None if row is None or row[0] is None else unpack_close(row[0])
 
-    def close_orphans(self, instance: str, worker: int, workers: int | None = None) -> list[tuple[int, list[int], Flow]]:
+    def close_orphans(
+        self, instance: str, worker: int, workers: int | None = None
+    ) -> list[tuple[int, list[int], Flow]]:
         """Close the open WebSocket flows earlier runs of this proxy process left; see the interface."""
         beyond = check_orphans(instance, worker, workers)
         close = pack_close(PROXY_STOPPED)
         closed = []
         with self._write() as db:
+            # Named, or a planner without statistics may scan every flow to find the few open sockets.
             rows = db.execute(
-                "SELECT w.flow_id, r.record FROM websockets w JOIN flows f ON f.id = w.flow_id"
-                " JOIN flow_records r ON r.id = w.flow_id WHERE w.close IS NULL AND w.instance != ?"
-                " AND (w.worker = ? OR w.worker >= ?) AND f.appliance = ? ORDER BY w.flow_id",
+                "SELECT w.flow_id, r.record FROM websockets w INDEXED BY websockets_open"
+                " JOIN flows f ON f.id = w.flow_id JOIN flow_records r ON r.id = w.flow_id"
+                " WHERE w.close IS NULL AND w.instance != ? AND (w.worker = ? OR w.worker >= ?) AND f.appliance = ?"
+                " ORDER BY w.flow_id",
                 (instance, worker, beyond, self._appliance),
             ).fetchall()
             for flow_id, record in rows:
