@@ -60,7 +60,8 @@ class WebSocketClose(NamedTuple):
 
     ``code`` is None when no close frame was seen at all; 1006 means a side's
     connection dropped without one.  ``closed_by`` is ``client``, ``server``
-    or ``proxy`` (a protocol error, or a message over the size bound).
+    or ``proxy`` (a protocol error, a message over the size bound, or the
+    proxy process gone: ``PROXY_STOPPED``).
     """
 
     code: int | None
@@ -69,6 +70,11 @@ class WebSocketClose(NamedTuple):
 
     def detail(self) -> dict[str, Any]:
         return {"code": self.code, "reason": self.reason, "closed_by": self.closed_by}
+
+
+#: How the store ends a socket whose proxy process was killed or crashed: that run's
+#: close never comes, so the next run of the same proxy process closes it thus.
+PROXY_STOPPED = WebSocketClose(1006, "proxy stopped", "proxy")
 
 
 def pack_messages(messages: list[WebSocketMessage] | list[tuple[Any, ...]]) -> bytes:

@@ -9,6 +9,11 @@ bounded queue that spills to disk and, past that, drops the oldest (counted).
 A WebSocket flow is live: ``open_live`` queues it when the upgrade completes,
 ``live_messages`` gathers its messages for a moment (up to ``LIVE_BATCH``)
 and queues them as one item, and ``close_live`` queues its final record.
+
+``instance`` is new each time a proxy process starts: the hello names it
+with ``worker``, which of the appliance's proxy processes this is (0 the
+main one, of ``workers``), so the session manager can tell an earlier run
+of the same process, whose open sockets died with it, from this one.
 """
 
 from __future__ import annotations
@@ -59,9 +64,11 @@ class Shipper:
     log = Logger()
 
     def __init__(self, reactor: Any, memory_limit: int = 64 * 1024 * 1024, spill: SpillFile | None = None,
-                 spill_limit: int = 0) -> None:
+                 spill_limit: int = 0, worker: int = 0, workers: int = 1) -> None:
         self._reactor = reactor
         self.instance = uuid.uuid4().hex
+        self.worker = worker
+        self.workers = workers
         self.queue = DeliveryQueue(self.instance, memory_limit, spill, spill_limit)
         self.rules = RuleSet()
         # The appliance's auto-passthrough table as last pushed (capture.rejection): (client, host) -> since,
@@ -215,7 +222,8 @@ class Shipper:
 
     def attached(self, protocol: ShipperProtocol) -> None:
         self._protocol = protocol
-        protocol.send(wire.encode("hello", instance=self.instance, pid=os.getpid()))
+        protocol.send(wire.encode("hello", instance=self.instance, pid=os.getpid(), worker=self.worker,
+                                  workers=self.workers))
         if self._stats_call is None:
             self._stats_call = self._reactor.callLater(STATS_INTERVAL, self._report)
 

@@ -183,7 +183,8 @@ class ProxyPart:
             raise SystemExit(1) from None
         if spill is not None and spill.items:
             log.info("{n} flows from an earlier run wait in {path}; shipping them first", n=spill.items, path=spill_path)
-        self.shipper = Shipper(reactor, capture_settings.buffer_memory, spill, capture_settings.spill_limit)
+        self.shipper = Shipper(reactor, capture_settings.buffer_memory, spill, capture_settings.spill_limit,
+                               worker=index, workers=settings.proxy.workers)
         self.shipper_service = ShipperService(self.shipper, UNIXClientEndpoint(reactor, settings.store.socket), reactor)
         self.proxy = proxy = ProxyFactory(settings, self.shipper, reactor, ca=ca)
         queue = self.shipper.queue

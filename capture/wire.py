@@ -6,7 +6,9 @@ messages follow each other on the stream with no extra framing, which
 returns messages, so it is tested without sockets.
 
 Message types (``t``), proxy -> session manager:
-    hello   {instance, pid}              first message on a connection
+    hello   {instance, pid, worker, workers} first message on a connection; instance is new at each
+                                         start of a proxy process, worker its number (0 the main one)
+                                         of workers
     flows   {instance, items}            items: [[seq, [session ids], packed flow], ...]; a live
                                          (WebSocket) flow's items are [seq, [session ids], payload,
                                          op, ref], op "open" | "messages" | "close" (capture.delivery)

@@ -269,3 +269,48 @@ def test_prune_older_than(pair):
     assert result.returncode == 0, result.stderr
     assert str(session["id"]) in result.stdout
     assert a.api("GET", f"/api/sessions/{session['id']}").status_code == 404
+
+
+def test_proxy_killed_on_one_closes_only_its_own_sockets(pair):
+    """A socket through each appliance; kill -9 of A's proxy, then A starts again: A's flow is closed as the
+    proxy stopped, B's stays open and recording."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from conftest import pid_alive
+    from test_e2e_websocket import PROXY_STOPPED, WsOrigin, all_messages, kill_proxy, message_count, wait_for_close
+
+    a, b, _ = pair
+    session = a.new_session(name="sockets")
+    time.sleep(1.5)  # B's proxy learns of the session
+    ws_origin = WsOrigin()
+
+    async def talk():
+        url = f"ws://127.0.0.1:{ws_origin.port}"
+        async with connect(f"{url}/a", proxy=a.proxy_url) as on_a, connect(f"{url}/b", proxy=b.proxy_url) as on_b:
+            for ws in (on_a, on_b):
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+            flows = await asyncio.to_thread(a.wait_for_flows, session["id"], 2)
+            ids = {f["path"]: f["id"] for f in flows}
+            for flow_id in ids.values():
+                await asyncio.to_thread(wait_for, message_count(a, flow_id, 2), 15)
+            sessiond = kill_proxy(a)
+            with pytest.raises(ConnectionClosed):
+                await on_a.recv()
+            await asyncio.to_thread(wait_for, lambda: not pid_alive(sessiond), 15)
+            await asyncio.to_thread(a.start)
+            closed = await asyncio.to_thread(wait_for_close, a, ids["/a"])
+            await on_b.send("still here")
+            assert await on_b.recv() == "still here"
+            live = await asyncio.to_thread(wait_for, message_count(b, ids["/b"], 4), 15)
+            return ids, closed, live
+    try:
+        ids, closed, live = asyncio.run(asyncio.wait_for(talk(), 90))
+    finally:
+        ws_origin.stop()
+    assert closed["websocket"]["close"] == PROXY_STOPPED and all_messages(a, ids["/a"]) == ["hi", "hi"]
+    assert live["websocket"]["open"] is True and live["appliance"] == b.status()["appliance"]
+    assert wait_for_close(b, ids["/b"])["websocket"]["close"]["closed_by"] == "client"

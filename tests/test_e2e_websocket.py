@@ -9,7 +9,6 @@ origin is tests/ws_origin.py, the ``websockets`` server in its own process.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -26,7 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from certs import OriginCA
 from conftest import REPO, child_env, pid_alive, wait_for
@@ -316,3 +314,175 @@ def test_paused_session_records_no_messages(ws_appliance, origins):
     run(talk())
     detail = wait_for_close(ws_appliance, ws_appliance.wait_for_flows(session["id"], 1)[0]["id"])
     assert [m["content"] for m in detail["websocket"]["messages"]] == ["before", "before", "after", "after"]
+
+
+# -- the proxy process killed with sockets open ------------------------------------
+
+PROXY_STOPPED = {"code": 1006, "reason": "proxy stopped", "closed_by": "proxy"}
+
+
+def message_count(appliance, flow_id: int, count: int):
+    """A predicate: the flow's detail once it holds ``count`` messages."""
+    def check():
+        detail = appliance.api("GET", f"/api/flows/{flow_id}").json()
+        return detail if detail["websocket"]["message_count"] == count else None
+    return check
+
+
+def kill_proxy(appliance) -> int:
+    """SIGKILL of the twistd (proxy) process we started; returns its session manager's pid."""
+    sessiond = appliance.sessiond_pid()
+    os.kill(appliance.process.pid, signal.SIGKILL)
+    appliance.process.wait(timeout=10)
+    return sessiond
+
+
+def all_messages(appliance, flow_id: int) -> list[str]:
+    page = appliance.api("GET", f"/api/flows/{flow_id}/messages", params={"offset": 0, "limit": 1000}).json()
+    assert page["total"] == len(page["messages"])
+    return [m["content"] for m in page["messages"]]
+
+
+def test_proxy_killed_mid_socket_is_closed_by_the_next_start(ws_appliance, origins):
+    """kill -9 of the proxy with a socket open: the next start closes its flow (1006, "proxy stopped",
+    closed by proxy), its messages stored once."""
+    session = ws_appliance.new_session()
+
+    async def talk():
+        async with connect(f"ws://127.0.0.1:{origins['plain'].port}/doomed", proxy=ws_appliance.proxy_url) as ws:
+            await ws.send("before the kill")
+            assert await ws.recv() == "before the kill"
+            flow_id = await asyncio.to_thread(lambda: ws_appliance.wait_for_flows(session["id"], 1)[0]["id"])
+            await asyncio.to_thread(wait_for, message_count(ws_appliance, flow_id, 2), 15)
+            sessiond = kill_proxy(ws_appliance)
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()  # the socket died with the proxy
+            return flow_id, sessiond
+    flow_id, sessiond = run(talk())
+    wait_for(lambda: not pid_alive(sessiond), 15)  # the orphaned session manager leaves by itself
+    ws_appliance.start()
+    detail = wait_for_close(ws_appliance, flow_id)
+    assert detail["websocket"]["close"] == PROXY_STOPPED
+    assert detail["websocket"]["message_count"] == 2
+    assert all_messages(ws_appliance, flow_id) == ["before the kill"] * 2
+
+
+def test_socket_of_a_killed_proxy_waiting_in_its_spill_file_is_stored_closed(make_appliance, origins, origin):
+    """The store frozen, the proxy killed with a socket open whose flow and messages wait in the spill file:
+    the next start ships them, the flow closed as the proxy stopped, each message once."""
+    appliance = make_appliance(capture={"buffer_memory": 16384}).start()
+    session = appliance.new_session()
+    sessiond = appliance.sessiond_pid()
+    os.kill(sessiond, signal.SIGSTOP)
+    try:
+        client = appliance.client()
+        for i in range(400):  # well past the in-flight window: what comes next stays in the spill file
+            assert client.get(f"{origin.url}/bytes?n=1&i={i}", timeout=10).status_code == 200
+        client.close()
+        spilled = appliance.status()["spilled_flows"]
+        assert spilled > 0
+
+        async def talk():
+            async with connect(f"ws://127.0.0.1:{origins['plain'].port}/spilled", proxy=appliance.proxy_url) as ws:
+                for n in range(5):
+                    await ws.send(f"s{n}")
+                    assert await ws.recv() == f"s{n}"
+                await asyncio.to_thread(wait_for, lambda: appliance.status()["spilled_flows"] >= spilled + 2, 15)
+                await asyncio.sleep(0.2)  # the last messages' batch is queued 20 ms after they pass
+                kill_proxy(appliance)
+        run(talk())
+    finally:
+        os.kill(sessiond, signal.SIGCONT)
+    wait_for(lambda: not pid_alive(sessiond), 15)
+    appliance.start()
+    (summary,) = wait_for(lambda: appliance.flows(session["id"], filter="~websocket")["flows"], 30)
+    detail = wait_for_close(appliance, summary["id"])
+    assert detail["websocket"]["close"] == PROXY_STOPPED
+    wait_for(lambda: appliance.status().get("pending_flows") == 0, 30)
+    assert all_messages(appliance, summary["id"]) == [f"s{n}" for n in range(5) for _ in (0, 1)]
+
+
+def test_killed_session_manager_leaves_a_live_socket_open(ws_appliance, origins):
+    """kill -9 of the session manager alone: the proxy keeps the socket, its flow stays open and keeps
+    its messages, and the client's close is the one stored."""
+    session = ws_appliance.new_session()
+
+    async def talk():
+        async with connect(f"ws://127.0.0.1:{origins['plain'].port}/survivor", proxy=ws_appliance.proxy_url) as ws:
+            await ws.send("one")
+            assert await ws.recv() == "one"
+            flow_id = await asyncio.to_thread(lambda: ws_appliance.wait_for_flows(session["id"], 1)[0]["id"])
+            await asyncio.to_thread(wait_for, message_count(ws_appliance, flow_id, 2), 15)
+            old = ws_appliance.sessiond_pid()
+            os.kill(old, signal.SIGKILL)
+
+            def restarted():
+                manager = ws_appliance.status().get("session_manager", {})
+                return manager.get("connected") and manager.get("pid") not in (None, old)
+            await asyncio.to_thread(wait_for, restarted, 30)
+            await ws.send("two")
+            assert await ws.recv() == "two"
+            detail = await asyncio.to_thread(wait_for, message_count(ws_appliance, flow_id, 4), 15)
+            assert detail["websocket"]["open"] is True and detail["websocket"]["close"] is None
+            await ws.close(1000, "done")
+            return flow_id
+    flow_id = run(talk())
+    detail = wait_for_close(ws_appliance, flow_id)
+    assert detail["websocket"]["close"] == {"code": 1000, "reason": "done", "closed_by": "client"}
+    assert all_messages(ws_appliance, flow_id) == ["one", "one", "two", "two"]
+
+
+def test_killed_worker_closes_only_its_own_sockets(make_appliance, origins):
+    """With workers = 2, kill -9 of worker 1: once it is restarted its sockets' flows are closed as the proxy
+    stopped, and the main process's socket stays open, recording."""
+    appliance = make_appliance(proxy={"workers": 2}).start()
+    wait_for(lambda: appliance.status()["workers"]["running"] == 2, 20)
+    session = appliance.new_session()
+
+    def connections() -> dict[int, int]:
+        return {p["worker"]: p["client_connections"] for p in appliance.status()["processes"]}
+
+    async def talk():
+        held = {0: 0, 1: 0}
+        sockets: dict[int, tuple] = {}  # worker -> (a socket it holds, that socket's path)
+        spare = []
+        for n in range(40):  # the kernel spreads new connections over both processes
+            ws = await connect(f"ws://127.0.0.1:{origins['plain'].port}/w{n}", proxy=appliance.proxy_url)
+            await ws.send(f"hello {n}")
+            assert await ws.recv() == f"hello {n}"
+            # Workers report their counters every second: wait for the process that took it to say so.
+            (owner,) = await asyncio.to_thread(
+                wait_for, lambda: [w for w, count in connections().items() if count > held.get(w, 0)], 10)
+            held[owner] += 1
+            if owner in sockets:
+                spare.append(ws)
+            else:
+                sockets[owner] = (ws, f"/w{n}")
+            if len(sockets) == 2:
+                break
+        assert len(sockets) == 2, held
+        worker = next(p["pid"] for p in appliance.status()["processes"] if p["worker"] == 1)
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(ConnectionClosed):
+            await sockets[1][0].recv()
+
+        def restarted():
+            status = appliance.status()
+            pids = [p["pid"] for p in status["processes"] if p["worker"] == 1]
+            return status["workers"]["restarts"] == 1 and pids and pids[0] != worker
+        await asyncio.to_thread(wait_for, restarted, 30)
+        ws = sockets[0][0]
+        await ws.send("still here")
+        assert await ws.recv() == "still here"
+        by_path = {f["path"]: f["id"] for f in await asyncio.to_thread(lambda: appliance.flows(session["id"])["flows"])}
+        main_flow, worker_flow = by_path[sockets[0][1]], by_path[sockets[1][1]]
+        closed = await asyncio.to_thread(wait_for_close, appliance, worker_flow)
+        detail = await asyncio.to_thread(wait_for, message_count(appliance, main_flow, 4), 15)
+        for other in spare:
+            await other.close()
+        await ws.close(1000, "done")
+        return closed, detail, main_flow
+    closed, detail, main_flow = run(talk())
+    assert closed["websocket"]["close"] == PROXY_STOPPED and closed["websocket"]["message_count"] == 2
+    assert detail["websocket"]["open"] is True
+    assert wait_for_close(appliance, main_flow)["websocket"]["close"]["closed_by"] == "client"

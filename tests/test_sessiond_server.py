@@ -22,7 +22,7 @@ from capture.flow import Flow, Message
 from capture.rules import matching_sessions
 from capture.sessiond.server import SessionFactory, SessionManager, SessionProtocol
 from capture.sessiond.store import SQLiteStore as Store
-from capture.messages import WebSocketMessage, pack_messages
+from capture.messages import PROXY_STOPPED, WebSocketMessage, pack_messages
 from capture.shipper import Shipper, ShipperProtocol
 
 PID = 31337
@@ -513,6 +513,78 @@ def test_live_flow_events_and_messages_call(manager: SessionManager, store: Stor
                                             "time": "2023-11-14T22:13:22.000Z"}]
 
 
+# -- sockets an earlier proxy run left open ------------------------------------------
+
+EARLIER = "fedcba9876543210fedcba9876543210"
+
+
+def open_socket(peer: Peer, session_id: int, instance: str = INSTANCE, seq: int = 1) -> None:
+    """An open item and one message for a WebSocket flow, as ``instance`` ships them."""
+    socket = make_flow(seq)._replace(kind="websocket", status=101)
+    message = WebSocketMessage(True, "text", b"hi", 2, False, 1700000001.0)
+    peer.send("flows", instance=instance, items=[[seq, [session_id], socket.pack(), "open", 0],
+                                                 [seq + 1, [], pack_messages([message]), "messages", seq]])
+
+
+def socket_closes(store: Store, session_id: int) -> list[Any]:
+    return [store.websocket_close(f["id"]) for f in store.list_flows(session_id)[0]]
+
+
+def test_hello_of_a_new_run_closes_the_sockets_the_earlier_one_left(manager: SessionManager, store: Store) -> None:
+    """A proxy process started again closes its predecessor's open sockets and announces them; a session
+    manager restarted under a live proxy (the same instance says hello again) closes none of its sockets."""
+    session = store.create_session("s")
+    earlier = Peer(manager)
+    earlier.hello(instance=EARLIER)
+    open_socket(earlier, session["id"], instance=EARLIER)
+    earlier.lose()  # killed: its close never comes
+    now = Peer(manager)
+    now.send("subscribe", session=session["id"])
+    answer = now.hello()
+    assert socket_closes(store, session["id"]) == [PROXY_STOPPED]
+    assert [(m["event"], m["data"]["path"]) for m in answer if m["t"] == "event"] == [("flow", "/item/1")]
+    open_socket(now, session["id"], seq=10)
+    now.lose()  # the session manager goes; the proxy lives on and says hello again
+    again = Peer(manager)
+    again.hello()
+    assert socket_closes(store, session["id"]) == [PROXY_STOPPED, None]
+    assert store.messages(store.list_flows(session["id"])[0][1]["id"])[1] == 1
+
+
+def test_a_worker_run_closes_only_its_own_predecessors(manager: SessionManager, store: Store) -> None:
+    """hello from worker 1's new run leaves the other processes' sockets open; the main process's new run
+    with a worker fewer closes its own predecessor's and those of the worker that is no more."""
+    session = store.create_session("s")
+    for worker, instance in enumerate(("main-1", "worker-1", "third-1")):
+        peer = Peer(manager)
+        peer.send("hello", instance=instance, pid=1000 + worker, worker=worker, workers=3)
+        open_socket(peer, session["id"], instance=instance)
+    Peer(manager).send("hello", instance="worker-2", pid=1003, worker=1, workers=3)  # worker 1 restarted
+    assert socket_closes(store, session["id"]) == [None, PROXY_STOPPED, None]
+    Peer(manager).send("hello", instance="main-2", pid=1004, worker=0, workers=2)
+    assert socket_closes(store, session["id"]) == [PROXY_STOPPED] * 3
+
+
+def test_items_of_an_earlier_instance_are_stored_closed(manager: SessionManager, store: Store) -> None:
+    """A socket replayed from an earlier run's spill file is stored closed, with its message, once."""
+    session = store.create_session("s")
+    peer = Peer(manager)
+    peer.hello()
+    open_socket(peer, session["id"], instance=EARLIER)
+    open_socket(peer, session["id"], instance=EARLIER)  # resent after a lost ack
+    open_socket(peer, session["id"], seq=3)
+    assert socket_closes(store, session["id"]) == [PROXY_STOPPED, None]
+    (first, _), _ = store.list_flows(session["id"])
+    assert store.messages(first["id"])[1] == 1
+
+
+def test_bad_worker_in_hello_aborts(manager: SessionManager) -> None:
+    """A hello whose worker is not an integer drops the connection."""
+    peer = Peer(manager)
+    peer.send("hello", instance=INSTANCE, pid=1, worker="0")
+    assert peer.transport.disconnecting
+
+
 # -- the auto-passthrough table -----------------------------------------------------
 
 
@@ -572,17 +644,26 @@ class Outage:
         self._store = store
         self.down = True
         self.attempts = 0
+        self.orphan_attempts = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def ingest(self, *args: Any) -> int:
+    def ingest(self, *args: Any, **kwargs: Any) -> int:
         self.attempts += 1
+        self._check()
+        return self._store.ingest(*args, **kwargs)
+
+    def close_orphans(self, *args: Any) -> list[Any]:
+        self.orphan_attempts += 1
+        self._check()
+        return self._store.close_orphans(*args)
+
+    def _check(self) -> None:
         if self.down:
             from capture.sessiond.store import Unavailable
 
             raise Unavailable("database unreachable: connection refused")
-        return self._store.ingest(*args)
 
 
 def test_batches_wait_unacked_while_the_store_is_unreachable(store: Store) -> None:
@@ -608,3 +689,23 @@ def test_batches_wait_unacked_while_the_store_is_unreachable(store: Store) -> No
     assert [a["seq"] for a in acks] == [3, 5]
     assert store.list_flows(session["id"])[1] == 5
     assert manager.call("status", {}).result[0]["database"]["reachable"] is True
+
+
+def test_sockets_of_an_earlier_run_closed_once_the_store_answers(store: Store) -> None:
+    """A hello while the store is unreachable closes the earlier run's sockets once it answers again."""
+    from capture.sessiond import server as server_module
+
+    session = store.create_session("s")
+    store.ingest(EARLIER, [[1, [session["id"]], make_flow(1)._replace(kind="websocket", status=101).pack(), "open", 0]])
+    clock = MemoryReactorClock()
+    outage = Outage(store)
+    peer = Peer(SessionManager(outage, PID, reactor=clock))
+    peer.hello()
+    assert outage.orphan_attempts == 1 and socket_closes(store, session["id"]) == [None]
+    clock.advance(server_module.RETRY_INTERVAL)
+    assert outage.orphan_attempts == 2
+    outage.down = False
+    clock.advance(server_module.RETRY_INTERVAL)
+    assert outage.orphan_attempts == 3 and socket_closes(store, session["id"]) == [PROXY_STOPPED]
+    clock.advance(server_module.RETRY_INTERVAL * 5)
+    assert outage.orphan_attempts == 3

@@ -97,10 +97,15 @@ def shipped_seqs(messages: list[dict[str, Any]]) -> list[int]:
 
 
 def test_hello_on_connect(shipper: Shipper) -> None:
-    """The first message on a connection is hello with the instance id and our pid."""
+    """The first message on a connection is hello with the instance id, our pid and which proxy process we are."""
     conn = Connection(shipper)
-    assert conn.sent() == [{"t": "hello", "v": wire.VERSION, "instance": shipper.instance, "pid": os.getpid()}]
+    assert conn.sent() == [{"t": "hello", "v": wire.VERSION, "instance": shipper.instance, "pid": os.getpid(),
+                            "worker": 0, "workers": 1}]
     assert len(shipper.instance) == 32
+    worker = Shipper(MemoryReactorClock(), worker=2, workers=3)
+    assert Connection(worker).sent()[0] | {"instance": "", "pid": 0} == {
+        "t": "hello", "v": wire.VERSION, "instance": "", "pid": 0, "worker": 2, "workers": 3}
+    assert worker.instance != shipper.instance  # each start of a proxy process is a run of its own
 
 
 def test_not_connected_until_welcome(shipper: Shipper, clock: MemoryReactorClock) -> None:

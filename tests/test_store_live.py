@@ -14,9 +14,9 @@ import msgpack
 import pytest
 
 from capture.flow import Flow, Message, pack_fields
-from capture.messages import WebSocketClose, WebSocketMessage, pack_close, pack_messages
+from capture.messages import PROXY_STOPPED, WebSocketClose, WebSocketMessage, pack_close, pack_messages
 from capture.sessiond.exports import Exports
-from capture.sessiond.store import NotFound, open_store
+from capture.sessiond.store import Invalid, NotFound, open_store
 
 T0 = 1_700_000_000.0
 
@@ -166,3 +166,84 @@ def test_har_export_carries_the_stored_messages(store):
         ("send", "m0"), ("receive", "m1"), ("send", "m2")]
     collection = json.loads(b"".join(Exports(store).postman(sid)))
     assert collection["item"] == [] and "1 WebSocket connection is left out" in collection["info"]["description"]
+
+
+# sockets a proxy run left open ---------------------------------------------------
+
+def _closes(store, sid: int) -> dict[str, object]:
+    """Each of the session's flows by path: its close as the detail shows it (None while open)."""
+    return {f["path"]: store.get_flow(f["id"])["websocket"]["close"] for f in store.list_flows(sid)[0]}
+
+
+def _opened_at(seq: int, sessions: list[int], path: str) -> tuple:
+    return (seq, sessions, pack_fields(socket_flow()._replace(path=path)), "open", 0)
+
+
+STOPPED = {"code": 1006, "reason": "proxy stopped", "closed_by": "proxy"}
+
+
+def test_a_new_run_closes_what_its_process_left_open(store):
+    """close_orphans closes the earlier runs' open sockets of that proxy process, once; its own run's stay open."""
+    sid = store.create_session("s")["id"]
+    store.ingest("run-1", [_opened_at(1, [sid], "/left"), messages(2, 1, range(3)),
+                           _opened_at(3, [sid], "/ws"), closed(4, 3)])
+    store.ingest("run-2", [_opened_at(1, [sid], "/live")])
+    closed_now = store.close_orphans("run-2", 0)
+    assert [(sessions, flow.path) for _, sessions, flow in closed_now] == [([sid], "/left")]
+    assert _closes(store, sid) == {"/left": STOPPED, "/ws": {"code": 1000, "reason": "bye", "closed_by": "client"},
+                                   "/live": None}
+    left = closed_now[0][0]
+    assert store.websocket_close(left) == PROXY_STOPPED and store.messages(left)[1] == 3
+    assert store.get_flow(left)["websocket"]["open"] is False
+    assert store.close_orphans("run-2", 0) == []  # a session manager restarted under a live proxy: nothing more
+    store.ingest("run-1", [messages(5, 1, range(3, 5))])  # items of the old run still on their way are kept
+    assert [m.content for m in store.messages(left)[0]] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+
+
+def test_other_workers_and_appliances_keep_their_sockets(store, store_database):
+    """A worker's new run closes only its own predecessors' sockets (and those of workers past the count),
+    never another appliance's on the same database."""
+    sid = store.create_session("s")["id"]
+    store.ingest("w0-old", [_opened_at(1, [sid], "/w0")], worker=0)
+    store.ingest("w1-old", [_opened_at(1, [sid], "/w1")], worker=1)
+    store.ingest("w3-old", [_opened_at(1, [sid], "/w3")], worker=3)
+    other = open_store(store_database, appliance="other-appliance")
+    try:
+        other.ingest("theirs", [_opened_at(1, [sid], "/theirs")], worker=1)
+        assert [flow.path for _, _, flow in store.close_orphans("w1-new", 1)] == ["/w1"]
+        assert _closes(store, sid) == {"/w0": None, "/w1": STOPPED, "/w3": None, "/theirs": None}
+        assert [flow.path for _, _, flow in store.close_orphans("w0-new", 0, workers=2)] == ["/w0", "/w3"]
+        assert _closes(store, sid) == {"/w0": STOPPED, "/w1": STOPPED, "/w3": STOPPED, "/theirs": None}
+        assert [flow.path for _, _, flow in other.close_orphans("theirs-new", 1)] == ["/theirs"]
+    finally:
+        other.close()
+
+
+def test_a_run_that_ended_delivered_later_is_stored_closed(store):
+    """Items replayed from an ended run's spill file: the socket is stored closed, its messages once,
+    and a close of its own wins."""
+    sid = store.create_session("s")["id"]
+    batch = [_opened_at(1, [sid], "/spilled"), messages(2, 1, range(2))]
+    assert store.ingest("gone", batch, ended=True) == 2
+    assert store.ingest("gone", batch + [messages(3, 1, range(2, 3))], ended=True) == 3  # resent: nothing twice
+    (summary,), _ = store.list_flows(sid)
+    assert store.websocket_close(summary["id"]) == PROXY_STOPPED
+    assert [m.content for m in store.messages(summary["id"])[0]] == [b"m0", b"m1", b"m2"]
+    assert store.close_orphans("next", 0) == []
+    store.ingest("gone", [closed(4, 1)], ended=True)
+    assert store.websocket_close(summary["id"]) == WebSocketClose(1000, "bye", "client")
+
+
+@pytest.mark.parametrize("args", [("", 0), ("x", -1), ("x", "0"), ("x", 1, 1), ("x", 0, 0), ("x", 0, True)])
+def test_close_orphans_bad_arguments(store, args):
+    """close_orphans refuses a bad instance, worker or worker count."""
+    with pytest.raises(Invalid):
+        store.close_orphans(*args)
+
+
+def test_ingest_bad_worker_or_ended(store):
+    """ingest refuses a worker number that is not one and an ended flag that is not a bool."""
+    with pytest.raises(Invalid):
+        store.ingest("p", [], worker=-1)
+    with pytest.raises(Invalid):
+        store.ingest("p", [], ended=1)

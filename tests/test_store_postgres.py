@@ -66,3 +66,33 @@ def test_store_opens_and_answers_at_once_while_the_database_host_is_silent(silen
         assert health["reachable"] is False and "no answer" in health["error"]
     finally:
         assert bounded(store.close)[0] == "ok"
+
+
+def test_migration_to_version_3_keeps_open_sockets_closable(postgres_cluster):
+    """A WebSocket left open in a version 2 database belongs to a main proxy process: its next run closes it."""
+    import psycopg
+
+    from capture.flow import pack_fields
+    from capture.messages import PROXY_STOPPED
+    from capture.sessiond.store.postgres import SCHEMA_VERSION, PostgresStore
+    from test_store_live import socket_flow
+
+    url = postgres_cluster.create_database()
+    store = PostgresStore(url, appliance="lab")
+    try:
+        sid = store.create_session("s")["id"]
+        store.ingest("old", [(1, [sid], pack_fields(socket_flow()), "open", 0)])
+    finally:
+        store.close()
+    with psycopg.connect(url, autocommit=True) as conn:  # the socket as version 2 held it
+        conn.execute("UPDATE schema_version SET version = 2")
+        conn.execute("DROP INDEX websockets_open")
+        conn.execute("ALTER TABLE websockets DROP COLUMN worker")
+    store = PostgresStore(url, appliance="lab")
+    try:
+        (flow_id, sessions, _), = store.close_orphans("new", 0)
+        assert sessions == [sid] and store.websocket_close(flow_id) == PROXY_STOPPED
+    finally:
+        store.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(3,)]

@@ -31,12 +31,12 @@ def test_schema_created_with_wal_and_version(tmp_path):
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 5
+        assert SCHEMA_VERSION == 6
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"sessions", "flows", "flow_records", "session_flows", "delivered", "schema_version",
                 "websockets", "websocket_messages"} <= tables
         indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert "session_flows_flow" in indexes and "sessions_state" in indexes
+        assert {"session_flows_flow", "sessions_state", "websockets_open"} <= indexes
         assert not {"flows_host", "flows_status", "flows_method", "flows_client", "flows_time"} & indexes
     finally:
         db.close()
@@ -258,3 +258,24 @@ def test_migration_from_version_1(tmp_path):
         check.close()
 
 
+
+
+def test_migration_to_version_6_keeps_open_sockets_closable(tmp_path):
+    """A WebSocket left open in a version 5 store belongs to the main proxy process: its next run closes it."""
+    from capture.flow import pack_fields
+    from capture.messages import PROXY_STOPPED
+    from test_store_live import socket_flow
+
+    path = str(tmp_path / "capture.sqlite")
+    with Store(path) as s:
+        sid = s.create_session("s")["id"]
+        s.ingest("old", [(1, [sid], pack_fields(socket_flow()), "open", 0)])
+    # The socket as version 5 held it: no worker column, no index of open sockets.
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("UPDATE schema_version SET version = 5")
+    db.execute("DROP INDEX websockets_open")
+    db.execute("ALTER TABLE websockets DROP COLUMN worker")
+    db.close()
+    with Store(path) as s:
+        (flow_id, sessions, _), = s.close_orphans("new", 0)
+        assert sessions == [sid] and s.websocket_close(flow_id) == PROXY_STOPPED

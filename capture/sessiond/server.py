@@ -12,6 +12,14 @@ again every RETRY_INTERVAL, nothing is acknowledged, and the proxy keeps
 the rest in its queue and spill file.  Rules read from the store are kept
 in a file, so a session manager starting while the database is down still
 tells its proxies what to capture.
+
+A proxy's hello names its instance (new each time the process starts) and
+which of the appliance's proxy processes it is (``worker``, 0 the main
+one): the WebSocket flows that process opened in an earlier run, killed or
+crashed before their close was shipped, are closed then (``close_orphans``);
+batches of an earlier instance, replayed from its spill file, are stored as
+``ended``.  A session manager restarted under a live proxy closes nothing of
+it: the instance is the same.
 """
 
 from __future__ import annotations
@@ -315,6 +323,8 @@ class SessionProtocol(Protocol):
         self.manager = manager
         self._decoder = wire.Decoder()
         self._instance: str | None = None
+        self._worker = 0
+        self._workers: int | None = None
         self.subscriptions: set[int] = set()
         self.stats: dict[str, Any] | None = None  # the proxy process's last report of itself
         # Batches waiting to be stored, in order: (instance, items).
@@ -322,6 +332,7 @@ class SessionProtocol(Protocol):
         self._storing = False
         self._holding = False  # the store refused a batch and it waits for a retry
         self._retry: Any = None
+        self._orphans_retry: Any = None
 
     def connectionMade(self) -> None:
         self.manager.proxies.add(self)
@@ -330,8 +341,9 @@ class SessionProtocol(Protocol):
         self.connected = 0  # answers still on their way from the runner are dropped
         self.manager.proxies.discard(self)
         self._batches.clear()  # unacknowledged: the proxy sends them again
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
+        for call in (self._retry, self._orphans_retry):
+            if call is not None and call.active():
+                call.cancel()
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -365,7 +377,12 @@ class SessionProtocol(Protocol):
             self.subscriptions.discard(int(message["session"]))
         elif kind == "hello":
             self._instance = str(message["instance"])
+            worker, workers = message.get("worker", 0), message.get("workers")
+            if type(worker) is not int or not (workers is None or type(workers) is int):
+                raise wire.WireError("worker and workers must be integers")
+            self._worker, self._workers = worker, workers
             self.manager.runner.run(self.manager.store.last_seq, self._instance).addBoth(self._welcome)
+            self._close_orphans()
         else:
             raise wire.WireError(f"unknown message type {kind!r}")
 
@@ -380,6 +397,30 @@ class SessionProtocol(Protocol):
         self.transport.write(wire.encode("welcome", pid=self.manager.pid, last_seq=last))
         self.manager.refresh_rules([self])
         self.transport.write(self.manager.passthrough.message())
+
+    def _close_orphans(self) -> None:
+        """Close what earlier runs of this proxy process left open; tried again while the store is away."""
+        self._orphans_retry = None
+        watched = self.manager.watched()
+
+        def closed(flows: list[tuple[int, list[int], Flow]]) -> None:
+            if flows:
+                self.log.info("closed {n} WebSocket flows an earlier run of proxy process {worker} left open",
+                              n=len(flows), worker=self._worker)
+                self.manager.flows_stored(watched, flows)
+
+        def failed(reason: Any) -> None:
+            reason.trap(StoreError)
+            if not self.connected:
+                return
+            if reason.check(Unavailable):
+                self._orphans_retry = self.manager.reactor.callLater(RETRY_INTERVAL, self._close_orphans)
+            else:
+                self.log.error("cannot close the WebSocket flows of earlier proxy runs: {error}",
+                               error=reason.getErrorMessage())
+
+        d = self.manager.runner.run(self.manager.store.close_orphans, self._instance, self._worker, self._workers)
+        d.addCallbacks(closed, failed)
 
     def _answer(self, outcome: tuple[Any, dict | None], call_id: Any) -> None:
         result, error = outcome
@@ -411,7 +452,9 @@ class SessionProtocol(Protocol):
         on_stored = (lambda *entry: stored.append(entry)) if watched else None
         on_messages = (lambda *entry: added.append(entry)) if watched else None
         self._storing = True
-        d = self.manager.runner.run(self.manager.store.ingest, instance, items, on_stored, on_messages)
+        # Items of another instance come from an earlier run's spill file: that run is over.
+        d = self.manager.runner.run(self.manager.store.ingest, instance, items, on_stored, on_messages,
+                                    worker=self._worker, ended=instance != self._instance)
         d.addCallbacks(self._stored, self._not_stored, callbackArgs=(instance, watched, stored, added))
 
     def _stored(self, last: int, instance: str, watched: set[int], stored: list, added: list) -> None:

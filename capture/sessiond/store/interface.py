@@ -121,7 +121,7 @@ class Store(Protocol):
 
     def ingest(
         self, instance: str, batch: Sequence[BatchItem], on_stored: OnStored | None = None,
-        on_messages: OnMessages | None = None,
+        on_messages: OnMessages | None = None, worker: int = 0, ended: bool = False,
     ) -> int:
         """Store a batch from one proxy instance, each flow exactly once; returns the new mark.
 
@@ -130,9 +130,27 @@ class Store(Protocol):
         existing session is dropped; one that cannot be decoded is counted
         in :attr:`rejected`.  ``on_stored`` and ``on_messages`` run after the
         commit.  A live flow's ``open`` is stored as a flow and remembered by
-        (instance, seq); its ``messages`` are appended in order and its
-        ``close`` replaces its record; items for a live flow that was never
-        stored (no session wanted it) or is gone (cleared) are skipped.
+        (instance, seq) with ``worker``, the number of the proxy process that
+        shipped it (0 the main one); its ``messages`` are appended in order
+        and its ``close`` replaces its record and its close; items for a live
+        flow that was never stored (no session wanted it) or is gone
+        (cleared) are skipped.  ``ended``: the batch comes from a proxy run
+        that is over (a later run replays its spill file), so a live flow it
+        opens is closed at once with ``PROXY_STOPPED``; its messages that
+        follow are still appended, and a close of its own still replaces that.
+        """
+
+    def close_orphans(
+        self, instance: str, worker: int, workers: int | None = None
+    ) -> list[tuple[int, list[int], Flow]]:
+        """Close with ``PROXY_STOPPED`` the open WebSocket flows this appliance's proxy runs left behind.
+
+        ``instance`` has just said hello as proxy process ``worker`` of this
+        appliance: the flows that process opened in any other run, and those
+        of processes numbered ``workers`` or more (a run with fewer workers
+        has none of them), have lost their sockets.  The flows of ``instance``
+        itself, of other workers and of other appliances stay as they are.
+        Returns ``(flow_id, session_ids, flow)`` for each flow closed.
         """
 
     def last_seq(self, instance: str) -> int:

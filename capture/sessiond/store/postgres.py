@@ -39,8 +39,10 @@ from capture.flow import Flow, iso_time
 from capture.grpcview import grpc_section
 from capture.messages import (
     DETAIL_MESSAGES,
+    PROXY_STOPPED,
     WebSocketClose,
     WebSocketMessage,
+    pack_close,
     pack_message,
     unpack_close,
     unpack_live_close,
@@ -67,7 +69,9 @@ from capture.sessiond.store.rows import (
     check_clients,
     check_cookies,
     check_name,
+    check_orphans,
     check_page,
+    check_worker,
     combine,
     flow_row,
     link_targets,
@@ -80,7 +84,7 @@ from capture.sessiond.store.rows import (
     with_appliance,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHANNEL = "capture_sessions"
 
 # How often a failed connection is tried again, and how long one attempt may take
@@ -175,6 +179,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             record bytea NOT NULL,
             PRIMARY KEY (flow_id, n)
         )""",
+    ),
+    # v3: which proxy process opened each WebSocket flow, so that its next run closes
+    # what an earlier one left open (close_orphans); the open ones found by their own index.
+    (
+        "ALTER TABLE websockets ADD COLUMN worker integer NOT NULL DEFAULT 0",
+        "CREATE INDEX websockets_open ON websockets (worker) WHERE close IS NULL",
     ),
 )
 _OPS = (None, "open", "messages", "close")
@@ -434,6 +444,8 @@ class PostgresStore:
         batch: Sequence[BatchItem],
         on_stored: OnStored | None = None,
         on_messages: OnMessages | None = None,
+        worker: int = 0,
+        ended: bool = False,
     ) -> int:
         """Store a batch from one proxy instance, each flow once however often it comes.
 
@@ -442,11 +454,15 @@ class PostgresStore:
         order, naming the flow by the sequence number that opened it.  The
         instance's mark row is locked first, so two session managers replaying
         the same spill file take turns and the second skips what the first stored.
+        ``worker`` and ``ended``: see the interface (a live flow of a run that
+        is over is stored closed).
         """
         if not isinstance(instance, str) or not instance or "\x00" in instance:
             raise Invalid("instance must be a non-empty string")
         if not isinstance(batch, (list, tuple)):
             raise Invalid("batch must be a list")
+        check_worker(worker, ended)
+        orphan_close = pack_close(PROXY_STOPPED) if ended else None
         rejected = 0
         stored: list[tuple[int, list[int], Flow]] = []
         added: dict[int, list[Any]] = {}
@@ -492,10 +508,11 @@ class PostgresStore:
                     opened.add(seq)
             if rows:
                 stored = self._copy_flows(cur, instance, rows)
-                sockets = [(flow_id, instance, seq) for (flow_id, _, _), (seq, *_) in zip(stored, rows)
-                           if seq in opened]
+                sockets = [(flow_id, instance, seq, worker, orphan_close)
+                           for (flow_id, _, _), (seq, *_) in zip(stored, rows) if seq in opened]
                 if sockets:
-                    cur.executemany("INSERT INTO websockets (flow_id, instance, open_seq) VALUES (%s, %s, %s)", sockets)
+                    cur.executemany("INSERT INTO websockets (flow_id, instance, open_seq, worker, close)"
+                                    " VALUES (%s, %s, %s, %s, %s)", sockets)
             for op, ref, record in live:
                 try:
                     with cur.connection.transaction():  # a savepoint: a bad item costs only itself
@@ -671,6 +688,22 @@ class PostgresStore:
         cur.execute("SELECT close FROM websockets WHERE flow_id = %s", (flow_id,))
         row = cur.fetchone()
         return None if row is None or row[0] is None else unpack_close(bytes(row[0]))
+
+    def close_orphans(
+        self, instance: str, worker: int, workers: int | None = None
+    ) -> list[tuple[int, list[int], Flow]]:
+        """Close the open WebSocket flows earlier runs of this proxy process left; never another appliance's."""
+        beyond = check_orphans(instance, worker, workers)
+        closed = []
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE websockets w SET close = %s FROM flows f WHERE f.id = w.flow_id AND w.close IS NULL"
+                " AND w.instance <> %s AND (w.worker = %s OR w.worker >= %s) AND f.appliance = %s RETURNING w.flow_id",
+                (pack_close(PROXY_STOPPED), instance, worker, beyond, self._appliance),
+            )
+            for flow_id in sorted(flow_id for (flow_id,) in cur.fetchall()):
+                closed.append((flow_id, self._holders(cur, flow_id), self._load(cur, flow_id)[1]))
+        return closed
 
     def last_seq(self, instance: str) -> int:
         with self._read() as cur:

@@ -69,6 +69,29 @@ def plan(expression: object, dialect: query.Dialect, max_params: int) -> query.Q
     return query.translate(tree, dialect, max_params - 8)
 
 
+MAX_WORKER = 1 << 16
+
+
+def check_worker(worker: object, ended: object) -> None:
+    """Invalid unless ``worker`` numbers a proxy process and ``ended`` is a bool (ingest)."""
+    if type(worker) is not int or not 0 <= worker < MAX_WORKER:
+        raise Invalid(f"worker must be an integer from 0 to {MAX_WORKER - 1}")
+    if type(ended) is not bool:
+        raise Invalid("ended must be true or false")
+
+
+def check_orphans(instance: object, worker: object, workers: object) -> int:
+    """close_orphans's arguments checked; the lowest worker number past this run's (the whole range for None)."""
+    if not isinstance(instance, str) or not instance or "\x00" in instance:
+        raise Invalid("instance must be a non-empty string")
+    check_worker(worker, False)
+    if workers is None:
+        return MAX_WORKER
+    if type(workers) is not int or not worker < workers <= MAX_WORKER:
+        raise Invalid(f"workers must be an integer above worker and at most {MAX_WORKER}")
+    return workers
+
+
 def check_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip():
         raise Invalid("name must be a non-empty string")

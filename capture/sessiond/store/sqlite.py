@@ -16,9 +16,11 @@ so a query over a session's summaries reads compact rows, not megabytes of
 bodies.  Filters are pushed down to SQL by :mod:`capture.sessiond.query`.
 
 A WebSocket flow is stored when it opens; ``websockets`` remembers which
-proxy item opened it (so its later items find it), how many messages it has
-and, once it ends, how it closed; ``websocket_messages`` holds its messages,
-one row each, keyed ``(flow_id, n)`` in the order they passed.
+proxy item opened it (so its later items find it) and which proxy process
+(so that process's next run closes it, should its own close never come),
+how many messages it has and, once it ends, how it closed;
+``websocket_messages`` holds its messages, one row each, keyed
+``(flow_id, n)`` in the order they passed.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from capture.flow import Flow
 from capture.grpcview import grpc_section
 from capture.messages import (
     DETAIL_MESSAGES,
+    PROXY_STOPPED,
     WebSocketClose,
     WebSocketMessage,
+    pack_close,
     pack_message,
     unpack_close,
     unpack_live_close,
@@ -66,7 +70,9 @@ from capture.sessiond.store.rows import (
     check_clients,
     check_cookies,
     check_name,
+    check_orphans,
     check_page,
+    check_worker,
     combine,
     derived_columns,
     flow_row,
@@ -80,7 +86,7 @@ from capture.sessiond.store.rows import (
     with_appliance,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 # How many rows a scan that decodes blobs fetches at a time; it restarts from
@@ -246,6 +252,12 @@ _MIGRATIONS: tuple[tuple[str, ...] | Callable[[sqlite3.Connection], None], ...] 
     ),
     # v5: which appliance captured each flow (``~via``); flows from before say none.
     ("ALTER TABLE flows ADD COLUMN appliance TEXT NOT NULL DEFAULT ''",),
+    # v6: which proxy process opened each WebSocket flow, so that its next run closes
+    # what an earlier one left open (close_orphans); the open ones found by their own index.
+    (
+        "ALTER TABLE websockets ADD COLUMN worker INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX websockets_open ON websockets (worker) WHERE close IS NULL",
+    ),
 )
 
 _INSERT_FLOW_V2 = (
@@ -266,7 +278,7 @@ _INSERT_FLOW = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_RECORD = "INSERT INTO flow_records (id, record) VALUES (?, ?)"
-_INSERT_OPENED = "INSERT INTO websockets (flow_id, instance, open_seq) VALUES (?, ?, ?)"
+_INSERT_OPENED = "INSERT INTO websockets (flow_id, instance, open_seq, worker, close) VALUES (?, ?, ?, ?, ?)"
 _INSERT_LINK = "INSERT INTO session_flows (session_id, time, flow_id) VALUES (?, ?, ?)"
 # SQLite virtual-machine steps between two calls of the pacer from inside a
 # statement: 60 to 130 µs apart in bench/store_query.py's statistics and
@@ -501,6 +513,8 @@ class SQLiteStore:
         batch: Sequence[BatchItem],
         on_stored: OnStored | None = None,
         on_messages: OnMessages | None = None,
+        worker: int = 0,
+        ended: bool = False,
     ) -> int:
         """Store a batch of ``(seq, session_ids, packed_flow)`` from one proxy instance.
 
@@ -516,11 +530,15 @@ class SQLiteStore:
         a flow twice or lose one that was acknowledged.  Returns the mark.
         ``on_stored(flow_id, session_ids, flow)`` is called for each stored
         flow once the transaction has committed (for live events).
+        ``worker`` and ``ended``: see the interface (a live flow of a run
+        that is over is stored closed).
         """
         if not isinstance(instance, str) or not instance:
             raise Invalid("instance must be a non-empty string")
         if not isinstance(batch, (list, tuple)):
             raise Invalid("batch must be a list")
+        check_worker(worker, ended)
+        orphan_close = pack_close(PROXY_STOPPED) if ended else None
         rejected = 0
         with self._write() as db:
             row = db.execute("SELECT last_seq FROM delivered WHERE instance = ?", (instance,)).fetchone()
@@ -531,7 +549,7 @@ class SQLiteStore:
             flow_rows: list[tuple[Any, ...]] = []
             records: list[tuple[int, bytes]] = []
             links: list[tuple[int, float, int]] = []
-            opened: list[tuple[int, str, int]] = []
+            opened: list[tuple[int, str, int, int, bytes | None]] = []
             counts: Counter[int] = Counter()
             stored: list[tuple[int, list[int], Flow]] = []
             added: dict[int, list[Any]] = {}
@@ -588,7 +606,7 @@ class SQLiteStore:
                     links.append((session_id, flow.start, next_id))
                     counts[session_id] += 1
                 if op == "open":
-                    opened.append((next_id, instance, seq))
+                    opened.append((next_id, instance, seq, worker, orphan_close))
                 if on_stored is not None:
                     stored.append((next_id, list(targets), flow))
                 if len(flow_rows) == _INSERT_CHUNK:
@@ -676,6 +694,27 @@ class SQLiteStore:
         """How a WebSocket flow ended; None while it is open (or for any other flow)."""
         row = self._db.execute("SELECT close FROM websockets WHERE flow_id = ?", (flow_id,)).fetchone()
         return None if row is None or row[0] is None else unpack_close(row[0])
+
+    def close_orphans(
+        self, instance: str, worker: int, workers: int | None = None
+    ) -> list[tuple[int, list[int], Flow]]:
+        """Close the open WebSocket flows earlier runs of this proxy process left; see the interface."""
+        beyond = check_orphans(instance, worker, workers)
+        close = pack_close(PROXY_STOPPED)
+        closed = []
+        with self._write() as db:
+            # Named, or a planner without statistics may scan every flow to find the few open sockets.
+            rows = db.execute(
+                "SELECT w.flow_id, r.record FROM websockets w INDEXED BY websockets_open"
+                " JOIN flows f ON f.id = w.flow_id JOIN flow_records r ON r.id = w.flow_id"
+                " WHERE w.close IS NULL AND w.instance != ? AND (w.worker = ? OR w.worker >= ?) AND f.appliance = ?"
+                " ORDER BY w.flow_id",
+                (instance, worker, beyond, self._appliance),
+            ).fetchall()
+            for flow_id, record in rows:
+                db.execute("UPDATE websockets SET close = ? WHERE flow_id = ?", (close, flow_id))
+                closed.append((flow_id, self._holders(db, flow_id), Flow.unpack(record)))
+        return closed
 
     def last_seq(self, instance: str) -> int:
         """The highest sequence number stored for ``instance``; 0 if none."""
