@@ -67,7 +67,8 @@ def test_open_flow_shows_while_messages_arrive(store):
     assert [m["content"] for m in section["messages"]] == ["m0", "m1", "m2", "m3", "m4"]
     assert [m["from_client"] for m in section["messages"]] == [True, False, True, False, True]
     assert section["messages"][0] == {"from_client": True, "type": "text", "content": "m0", "encoding": "utf-8",
-                                      "size": 2, "truncated": False, "time": "2023-11-14T22:13:20.000Z"}
+                                      "size": 2, "truncated": False, "omitted": False,
+                                      "time": "2023-11-14T22:13:20.000Z"}
 
 
 def test_close_replaces_the_record_and_says_how_it_ended(store):
