@@ -253,19 +253,13 @@ class _Captured:
 
     __slots__ = ("_flow", "appliance", "websocket_messages")
 
-    def __init__(self, flow: Flow, appliance: str,
-                 messages: Callable[[], Iterator[WebSocketMessage]] | None = None) -> None:
+    def __init__(self, flow: Flow, appliance: str, messages: Callable[[], Iterator[WebSocketMessage]] | None) -> None:
         self._flow = flow
         self.appliance = appliance
         self.websocket_messages = messages
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._flow, name)
-
-
-def with_appliance(flow: Flow, appliance: str) -> Flow:
-    """``flow`` as a filter sees it when it may test which appliance captured it."""
-    return _Captured(flow, appliance)  # type: ignore[return-value]
 
 
 class FilterView:
@@ -294,11 +288,6 @@ class FilterView:
 
 _VIA = frozenset({"via"})
 _BODIES = frozenset({"b", "bq", "bs"})
-
-
-def uses_appliance(tree: filters.Filter | None) -> bool:
-    """Does the filter test the capturing appliance anywhere?"""
-    return _uses(tree, _VIA)
 
 
 def _uses(tree: filters.Filter | None, names: frozenset[str]) -> bool:
