@@ -248,6 +248,8 @@ def _websocket(section: dict[str, Any], show_binary: bool) -> list[str]:
         if message.get("encoding") == "base64" and not show_binary:
             content = f"<{message.get('size')} bytes, base64; --body prints it>"
         cut = " <truncated>" if message.get("truncated") else ""
+        if message.get("omitted"):
+            content, cut = f"<{message.get('size')} bytes, not stored: responses are not captured>", ""
         lines.append(f"{local_time(message.get('time'), '%H:%M:%S.%f')} {arrow} {message.get('type')}: {content}{cut}")
     if count > len(messages):
         lines.append(f"<{count - len(messages)} more: GET /api/flows/ID/messages?offset={len(messages)}>")

@@ -179,8 +179,19 @@ def _regex_matcher(name: str, search: Callable) -> Callable[[Flow], bool]:
         # The appliance that captured the flow: the store knows it, a bare Flow does not.
         return lambda flow: search(getattr(flow, "appliance", "")) is not None
 
-    test = _message_matcher(name[0], search)
     side = name[1:]
+    matcher = _sides_matcher(side, _message_matcher(name[0], search))
+    if name[0] != "b":
+        return matcher
+    # ~b and ~bq/~bs also search a WebSocket's messages: all, the client's, the origin's.
+    senders = {"": (True, False), "q": (True,), "s": (False,)}[side]
+    return lambda flow: matcher(flow) or (
+        flow.kind == "websocket" and _socket_matches(flow, senders, search)
+    )
+
+
+def _sides_matcher(side: str, test: Callable[[Message], bool]) -> Callable[[Flow], bool]:
+    """``test`` on the request (side ``q``), the response (``s``) or either (``""``)."""
     if side == "q":
         return lambda flow: test(flow.request)
     if side == "s":
@@ -188,6 +199,21 @@ def _regex_matcher(name: str, search: Callable) -> Callable[[Flow], bool]:
     return lambda flow: test(flow.request) or (
         flow.response is not None and test(flow.response)
     )
+
+
+def _socket_matches(flow: Flow, senders: tuple[bool, ...], search: Callable) -> bool:
+    """Does a WebSocket message from one of ``senders`` (``from_client`` values) match?
+
+    A WebSocket's bodies are empty: its content is its messages, which the
+    store hands in as ``flow.websocket_messages()``, read lazily so the first
+    match ends the reading.  A flow without them (the proxy's, at the
+    upgrade) has no message to match.  Text and binary are searched alike,
+    as the bytes that were sent (text as UTF-8), like bodies are.
+    """
+    messages = getattr(flow, "websocket_messages", None)
+    if messages is None:
+        return False
+    return any(m.from_client in senders and search(m.content) is not None for m in messages())
 
 
 def _message_matcher(family: str, search: Callable) -> Callable[[Message], bool]:

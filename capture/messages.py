@@ -3,9 +3,11 @@
 A WebSocket flow is opened when the upgrade completes and its messages are
 shipped in batches while the socket stays open (see :mod:`capture.delivery`),
 so messages travel apart from the flow record.  A batch packs to a msgpack
-array ``[1, [message, ...]]``, each message ``[from_client, type, content,
-size, truncated, time]``; the end of a socket packs to ``[1, code, reason,
-closed_by]``.  Everything here is pure data.
+array ``[2, [message, ...]]``, each message ``[from_client, type, content,
+size, truncated, time, omitted]``; the end of a socket packs to ``[1, code,
+reason, closed_by]``.  Version 1 batches, and messages stored before
+``omitted`` existed, have the first six fields only, and are read as not
+omitted.  Everything here is pure data.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import msgpack
 
 from capture.flow import iso_time
 
-VERSION = 1
+VERSION = 2
+# The batch versions read, and how many fields each one's messages have.
+_MESSAGE_FIELDS = {1: 6, 2: 7}
+CLOSE_VERSION = 1
 TYPES = ("text", "binary")
 CLOSERS = ("client", "server", "proxy")
 # Chrome's opcodes, as HAR's _webSocketMessages carry them.
@@ -32,6 +37,9 @@ class WebSocketMessage(NamedTuple):
     ``content`` holds at most ``max_capture_body`` bytes of the message as
     the application sent it (after permessage-deflate is undone); ``size``
     is its true decompressed size.  ``time`` is when its last frame passed.
+    ``omitted``: the content was not kept at all (a message from the server
+    in a socket no session captures responses for); ``content`` is empty and
+    ``size`` still the true size.
     """
 
     from_client: bool
@@ -40,6 +48,7 @@ class WebSocketMessage(NamedTuple):
     size: int
     truncated: bool
     time: float
+    omitted: bool = False
 
     def detail(self) -> dict[str, Any]:
         """JSON-ready: text as it is, binary (or text that is not UTF-8) as base64."""
@@ -51,6 +60,7 @@ class WebSocketMessage(NamedTuple):
             "encoding": encoding,
             "size": self.size,
             "truncated": self.truncated,
+            "omitted": self.omitted,
             "time": iso_time(self.time),
         }
 
@@ -85,9 +95,10 @@ def pack_messages(messages: list[WebSocketMessage] | list[tuple[Any, ...]]) -> b
 def unpack_messages(data: bytes) -> list[WebSocketMessage]:
     """Read a packed batch; ValueError for anything malformed."""
     version, items = _unpack(data, 2)
-    if version != VERSION or type(items) is not tuple:
+    fields = _MESSAGE_FIELDS.get(version) if type(version) is int else None
+    if fields is None or type(items) is not tuple:
         raise ValueError("unsupported WebSocket message batch")
-    return [_message(item) for item in items]
+    return [_message(item, fields) for item in items]
 
 
 def pack_message(message: WebSocketMessage) -> bytes:
@@ -96,16 +107,18 @@ def pack_message(message: WebSocketMessage) -> bytes:
 
 
 def unpack_message(data: bytes) -> WebSocketMessage:
-    return _message(_unpack(data, 6))
+    """One stored message: seven fields, or the six of one stored before ``omitted`` existed."""
+    item = _unpack(data, 6, 7)
+    return _message(item, len(item))
 
 
 def pack_close(close: WebSocketClose) -> bytes:
-    return msgpack.packb((VERSION, *close), use_bin_type=True)
+    return msgpack.packb((CLOSE_VERSION, *close), use_bin_type=True)
 
 
 def unpack_close(data: bytes) -> WebSocketClose:
     version, code, reason, closed_by = _unpack(data, 4)
-    if version != VERSION or not (code is None or type(code) is int) or type(reason) is not str \
+    if version != CLOSE_VERSION or not (code is None or type(code) is int) or type(reason) is not str \
             or closed_by not in CLOSERS:
         raise ValueError("malformed WebSocket close record")
     return WebSocketClose(code, reason, closed_by)
@@ -138,23 +151,24 @@ def text_or_base64(data: bytes) -> tuple[str, str]:
         return base64.b64encode(data).decode("ascii"), "base64"
 
 
-def _unpack(data: Any, length: int) -> tuple[Any, ...]:
+def _unpack(data: Any, *lengths: int) -> tuple[Any, ...]:
     if type(data) is not bytes:
         raise ValueError("a packed record must be bytes")
     try:
         value = msgpack.unpackb(data, raw=False, use_list=False)
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise ValueError(f"malformed record: {e}") from None
-    if type(value) is not tuple or len(value) != length:
+    if type(value) is not tuple or len(value) not in lengths:
         raise ValueError("malformed record")
     return value
 
 
-def _message(item: Any) -> WebSocketMessage:
-    if type(item) is not tuple or len(item) != 6:
+def _message(item: Any, fields: int) -> WebSocketMessage:
+    if type(item) is not tuple or len(item) != fields:
         raise ValueError("malformed WebSocket message")
-    from_client, kind, content, size, truncated, moment = item
+    from_client, kind, content, size, truncated, moment = item[:6]
+    omitted = item[6] if fields == 7 else False
     if not (type(from_client) is bool and kind in TYPES and type(content) is bytes and type(size) is int
-            and type(truncated) is bool and type(moment) in (int, float)):
+            and type(truncated) is bool and type(moment) in (int, float) and type(omitted) is bool):
         raise ValueError("malformed WebSocket message")
-    return WebSocketMessage(from_client, kind, content, size, truncated, float(moment))
+    return WebSocketMessage(from_client, kind, content, size, truncated, float(moment), omitted)

@@ -486,3 +486,47 @@ def test_killed_worker_closes_only_its_own_sockets(make_appliance, origins):
     assert closed["websocket"]["close"] == PROXY_STOPPED and closed["websocket"]["message_count"] == 2
     assert detail["websocket"]["open"] is True
     assert wait_for_close(appliance, main_flow)["websocket"]["close"]["closed_by"] == "client"
+
+
+def test_responses_off_omits_the_origins_messages_and_body_filters_search_messages(ws_appliance, origins):
+    """A session with capture_responses off lists the origin's messages with their size and no content
+    (omitted, in the detail, the messages API and HAR), unless a session that captures them takes the
+    socket too; ~bs hello over the API finds the socket whose origin said "hello"; ~bq hello does not."""
+    private = ws_appliance.new_session(name="private", capture_responses=False, filter="~u private | ~u shared")
+    full = ws_appliance.new_session(name="full", filter="!~u private")
+
+    async def talk(url):
+        async with connect(url, proxy=ws_appliance.proxy_url) as ws:
+            await ws.send("greet")
+            assert await ws.recv() == "hello"
+            await ws.send(b"\xff\x02")
+            assert await ws.recv() == b"\xff\x02"
+
+    run(talk(f"ws://127.0.0.1:{origins['plain'].port}/private"))
+    run(talk(f"ws://127.0.0.1:{origins['no_deflate'].port}/open"))
+    run(talk(f"ws://127.0.0.1:{origins['plain'].port}/shared"))
+    by_path = {f["path"]: f["id"] for f in ws_appliance.wait_for_flows(private["id"], 2)}
+    by_path.update({f["path"]: f["id"] for f in ws_appliance.wait_for_flows(full["id"], 2)})
+    details = {path: wait_for_close(ws_appliance, flow_id) for path, flow_id in by_path.items()}
+    assert [(m["from_client"], m["type"], m["content"], m["size"], m["omitted"])
+            for m in details["/private"]["websocket"]["messages"]] == [
+        (True, "text", "greet", 5, False), (False, "text", "", 5, True),
+        (True, "binary", "/wI=", 2, False), (False, "binary", "", 2, True)]
+    # A flow is stored once: a socket the full session takes too keeps the origin's content.
+    for path in ("/open", "/shared"):
+        assert [m["content"] for m in details[path]["websocket"]["messages"]] == ["greet", "hello", "/wI=", "/wI="]
+        assert not any(m["omitted"] for m in details[path]["websocket"]["messages"])
+    paged = ws_appliance.api("GET", f"/api/flows/{by_path['/private']}/messages",
+                             params={"offset": 1, "limit": 1}).json()
+    assert paged["total"] == 4 and paged["messages"][0]["omitted"] is True and paged["messages"][0]["content"] == ""
+    # Body filters over the API search the messages the store holds.
+    assert sorted(f["path"] for f in ws_appliance.flows(full["id"], filter="~bs hello")["flows"]) == ["/open", "/shared"]
+    assert ws_appliance.flows(full["id"], filter="~bq hello")["total"] == 0
+    assert ws_appliance.flows(full["id"], filter="~bq greet")["total"] == 2
+    assert [f["path"] for f in ws_appliance.flows(private["id"], filter="~bs hello")["flows"]] == ["/shared"]
+    assert ws_appliance.flows(private["id"], filter="~b greet")["total"] == 2
+    har = ws_appliance.api("GET", f"/api/sessions/{private['id']}/har")
+    assert har.status_code == 200, har.text
+    entries = {e["request"]["url"].rsplit("/", 1)[1]: e for e in har.json()["log"]["entries"]}
+    assert [(m["type"], m["data"], m.get("_omitted", False)) for m in entries["private"]["_webSocketMessages"]] == [
+        ("send", "greet", False), ("receive", "", True), ("send", "/wI=", False), ("receive", "", True)]

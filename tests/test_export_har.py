@@ -413,3 +413,17 @@ def test_compressed_request_and_response_bodies_are_decoded() -> None:
     assert (content["text"], content["size"], content["comment"]) == (
         document.decode(), len(document), "decoded from Content-Encoding zstd")
     validate(har.document([sent], "test"))
+
+
+def test_omitted_websocket_messages_have_empty_data() -> None:
+    """A message whose content was not captured (responses off) is exported with empty data, marked _omitted."""
+    messages = [WebSocketMessage(True, "text", b"ask", 3, False, T0 + 1),
+                WebSocketMessage(False, "text", b"", 6, True, T0 + 2, True),
+                WebSocketMessage(False, "binary", b"", 2, True, T0 + 3, True)]
+    document = har.document([(socket_flow(), messages)], "1.0")
+    validate(document)
+    assert document["log"]["entries"][0]["_webSocketMessages"] == [
+        {"type": "send", "time": T0 + 1, "opcode": 1, "data": "ask"},
+        {"type": "receive", "time": T0 + 2, "opcode": 1, "data": "", "_omitted": True},
+        {"type": "receive", "time": T0 + 3, "opcode": 2, "data": "", "_omitted": True},
+    ]

@@ -23,6 +23,7 @@ from capture.filters import (
     parse,
 )
 from capture.flow import Flow, Message
+from capture.messages import WebSocketMessage
 
 
 def make_flow(**overrides) -> Flow:
@@ -292,6 +293,61 @@ def test_body_escape_for_raw_byte():
     assert parse("~bs \\xff")(flow)
     assert parse("~bs ^\\x00")(flow)
     assert not parse("~bs \\xfe")(flow)
+
+
+class Socket:
+    """A WebSocket flow with its messages, as a store hands it to a filter (``websocket_messages()``)."""
+
+    def __init__(self, flow: Flow, messages: list[WebSocketMessage]) -> None:
+        self._flow = flow
+        self.messages = messages
+        self.read = 0
+
+    def websocket_messages(self):
+        for message in self.messages:
+            self.read += 1
+            yield message
+
+    def __getattr__(self, name: str):
+        return getattr(self._flow, name)
+
+
+SOCKET = make_flow(kind="websocket", status=101, reason="Switching Protocols",
+                   response=Message(headers=((b"Upgrade", b"websocket"),)))
+
+
+def socket_with(*messages: tuple[bool, str, bytes]) -> Socket:
+    return Socket(SOCKET, [WebSocketMessage(c, kind, data, len(data), False, 1.0) for c, kind, data in messages])
+
+
+def test_body_filters_search_websocket_messages_by_sender():
+    """On a WebSocket ~b searches every message, ~bq the client's, ~bs the origin's, case-insensitively."""
+    socket = socket_with((True, "text", b"greet"), (False, "text", "Héllo there".encode()))
+    assert parse("~b greet")(socket) and parse("~bq greet")(socket) and not parse("~bs greet")(socket)
+    assert parse("~bs 'HÉLLO|xyz'")(socket) is False  # IGNORECASE folds ASCII only, as for bodies
+    assert parse("~bs 'héllo'")(socket) and parse("~b THERE$")(socket) and not parse("~bq there")(socket)
+    assert parse("!~bq there")(socket) and parse("~websocket & ~bs there")(socket)
+
+
+def test_binary_messages_match_on_their_bytes():
+    """A binary message is searched as bytes, as a body is: raw byte escapes and text inside it match."""
+    socket = socket_with((False, "binary", b"\x00\xffhello\x80"))
+    assert parse("~bs \\xff")(socket) and parse("~bs hello")(socket) and not parse("~bq hello")(socket)
+
+
+def test_websocket_without_messages_matches_on_bodies_only():
+    """A bare WebSocket flow (the proxy's, at the upgrade) has no message a body filter could match."""
+    assert not parse("~b .")(SOCKET) and parse("!~bs .")(SOCKET)
+    assert not parse("~b .")(socket_with()) and not parse("~bs .")(socket_with((False, "text", b"")))
+
+
+def test_messages_are_read_only_as_far_as_the_first_match():
+    """The first matching message ends the reading; a filter that fails before ~b reads none."""
+    socket = socket_with((True, "text", b"one"), (False, "text", b"two"), (False, "text", b"three"))
+    assert parse("~bs two")(socket) and socket.read == 2
+    socket.read = 0
+    assert not parse("~c 404 & ~b two")(socket) and socket.read == 0
+    assert parse("~b .")(POST) and socket.read == 0  # not a socket: bodies only
 
 
 def test_body_case_insensitive():

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from capture import filters
 from capture.filters import And, Const, Flag, Not, Or, Regex, StatusCode
-from capture.flow import Flow, Message
+from capture.flow import Flow, Message, pack_fields
+from capture.messages import WebSocketMessage, pack_messages
 from capture.sessiond import query as push_down
 from capture.sessiond.query import MAX_PUSH_DEPTH, Query, QueryError, order_by
 from capture.sessiond.store import SQLiteStore as Store
@@ -320,6 +321,94 @@ def test_property_pushdown_selects_what_the_filter_selects(sample, expression):
     assert [summary["id"] for summary in page] == expected[3:10]
     assert total == len(expected)
     assert [flow_id for flow_id, _ in store.iter_flows(session_id, filter=expression)] == expected
+
+
+def random_socket(rnd: random.Random, i: int) -> tuple[Flow, list[WebSocketMessage]]:
+    """A WebSocket flow (bodies empty, as the proxy records them) and a few random messages."""
+    flow = random_flow(rnd, i)._replace(kind="websocket", method="GET", status=101, path=f"/ws/{i}",
+                                        request=_message(rnd)._replace(body=b"", size=0),
+                                        response=_message(rnd)._replace(body=b"", size=0))
+    messages = [WebSocketMessage(rnd.random() < 0.5, rnd.choice(["text", "binary"]), content, len(content),
+                                 False, T0 + n, rnd.random() < 0.1)
+                for n, content in enumerate(rnd.choice(BODIES) for _ in range(rnd.randint(0, 4)))]
+    return flow, [m._replace(content=b"") if m.omitted else m for m in messages]
+
+
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def sockets(request, tmp_path_factory):
+    """A store of each backend with 150 flows, a third of them WebSockets with messages, and each
+    flow's messages by id (for the Python side of the comparison)."""
+    store = open_store(fresh_database(request.param, tmp_path_factory.mktemp("sockets"), request))
+    session_id = store.create_session("s")["id"]
+    rnd = random.Random(20261203)
+    batch, by_path = [], {}
+    for i in range(150):
+        seq = len(batch) + 1
+        if i % 3:
+            batch.append((seq, [session_id], random_flow(rnd, i).pack()))
+            continue
+        flow, messages = random_socket(rnd, i)
+        by_path[flow.path] = messages
+        batch.append((seq, [session_id], pack_fields(flow), "open", 0))
+        if messages:
+            batch.append((seq + 1, [], pack_messages(messages), "messages", seq))
+    store.ingest("p", batch)
+    flows = list(store.iter_flows(session_id))
+    messages = {flow_id: by_path.get(flow.path, []) for flow_id, flow in flows}
+    assert sum(map(len, messages.values())) > 50
+    yield store, session_id, flows, messages
+    store.close()
+
+
+class WithMessages:
+    """A flow with its messages, as the filter language reads them (``flow.websocket_messages()``)."""
+
+    def __init__(self, flow: Flow, messages: list[WebSocketMessage]) -> None:
+        self._flow = flow
+        self._messages = messages
+
+    def websocket_messages(self):
+        return iter(self._messages)
+
+    def __getattr__(self, name: str):
+        return getattr(self._flow, name)
+
+
+BODY_EXPRESSIONS = st.recursive(
+    st.one_of(leaves(), st.tuples(st.sampled_from(["b", "bq", "bs"]), st.sampled_from(PATTERNS)).map(
+        lambda pair: f"~{pair[0]} {_quote(pair[1])}"), st.just("~websocket")),
+    lambda inner: st.one_of(
+        inner.map(lambda e: f"!({e})"),
+        st.tuples(inner, inner).map(lambda pair: f"({pair[0]}) & ({pair[1]})"),
+        st.tuples(inner, inner).map(lambda pair: f"({pair[0]}) | ({pair[1]})"),
+    ),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(expression=BODY_EXPRESSIONS)
+def test_property_body_filters_search_websocket_messages(sockets, expression):
+    """With WebSockets among the flows, SQL plus residual select what the filter selects when it
+    is handed each socket's messages: ~b any message, ~bq the client's, ~bs the origin's."""
+    store, session_id, flows, messages = sockets
+    tree = filters.parse(expression)
+    expected = [flow_id for flow_id, flow in flows if tree(WithMessages(flow, messages[flow_id]))]
+    page, total = store.list_flows(session_id, limit=1000, filter=expression)
+    assert [summary["id"] for summary in page] == expected and total == len(expected)
+    assert [flow_id for flow_id, _ in store.iter_flows(session_id, filter=expression)] == expected
+
+
+def test_socket_sample_has_what_the_property_needs(sockets):
+    """The sample holds sockets matched only by a client's message, only by the origin's, and omitted ones."""
+    store, session_id, flows, messages = sockets
+    every = [m for found in messages.values() for m in found]
+    assert any(m.omitted for m in every) and any(m.type == "binary" for m in every)
+    client_only = filters.parse("~websocket & ~bq hello & !~bs hello")
+    server_only = filters.parse("~websocket & ~bs hello & !~bq hello")
+    for tree in (client_only, server_only):
+        listed = store.list_flows(session_id, filter=tree, limit=1000)[0]
+        assert listed and all(messages[f["id"]] for f in listed)  # by messages: their bodies are empty
 
 
 @pytest.mark.parametrize(

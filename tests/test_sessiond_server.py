@@ -509,7 +509,7 @@ def test_live_flow_events_and_messages_call(manager: SessionManager, store: Stor
     reply = peer.call("flows.messages", flow_id=flow_id, offset=1, limit=5)
     assert reply["result"]["total"] == 2
     assert reply["result"]["messages"] == [{"from_client": False, "type": "binary", "content": "/w==",
-                                            "encoding": "base64", "size": 1, "truncated": False,
+                                            "encoding": "base64", "size": 1, "truncated": False, "omitted": False,
                                             "time": "2023-11-14T22:13:22.000Z"}]
 
 

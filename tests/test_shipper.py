@@ -20,6 +20,7 @@ from capture import shipper as shipper_module
 from capture import wire
 from capture.flow import Flow, Message
 from capture.messages import WebSocketClose, WebSocketMessage, unpack_messages
+from capture.record.recorder import Recorder
 from capture.shipper import CALL_TIMEOUT, CallFailed, Shipper, ShipperFactory, ShipperProtocol, Unavailable
 
 
@@ -578,6 +579,39 @@ def test_drained_queues_gathered_messages_first(shipper: Shipper, clock: MemoryR
     assert shipper.pending == 2
     shipper.drained(1.0)
     assert shipper.queue.pending == 2 and shipper.pending == 2
+
+
+def test_recorder_omits_origin_messages_unless_a_session_captures_responses(shipper: Shipper,
+                                                                            clock: MemoryReactorClock) -> None:
+    """The recorder keeps the origin's message content only if a session the socket went to
+    captures responses; otherwise those messages ship listed, empty and omitted; the client's keep theirs."""
+    conn = connect(shipper, clock)
+    conn.receive("rules", sessions=[
+        {"id": 1, "clients": [], "filter": "", "capture_responses": False},
+        {"id": 2, "clients": [], "filter": "~d other.example", "capture_responses": True},
+    ])
+    recorder = Recorder(shipper)
+    candidates = recorder.candidates("10.0.0.7")
+    flow = recorder.websocket("10.0.0.7", 5000, "http", "chat.example", 80, "/ws", "HTTP/1.1", [], "Switching",
+                              [], (1.0, 1.0, 1.0, None), "", "127.0.0.1", None, None)
+    live = recorder.open_websocket(candidates, flow)
+    assert live is not None and live.sessions == {1} and live.responses is False
+    recorder.websocket_messages(live, "10.0.0.7", [
+        WebSocketMessage(True, "text", b"ask", 3, False, 2.0), WebSocketMessage(False, "text", b"tell", 4, False, 3.0)])
+    clock.advance(shipper_module.FLUSH_DELAY)
+    clock.advance(shipper_module.FLUSH_DELAY)
+    items = [item for m in conn.sent() if m["t"] == "flows" for item in m["items"]]
+    assert [item[3] for item in items] == ["open", "messages"]
+    assert unpack_messages(items[1][2]) == [WebSocketMessage(True, "text", b"ask", 3, False, 2.0),
+                                            WebSocketMessage(False, "text", b"", 4, True, 3.0, True)]
+    conn.receive("rules", sessions=[{"id": 3, "clients": [], "filter": "", "capture_responses": True}])
+    live = recorder.open_websocket(recorder.candidates("10.0.0.7"), flow)
+    assert live.responses is True
+    recorder.websocket_messages(live, "10.0.0.7", [WebSocketMessage(False, "text", b"tell", 4, False, 3.0)])
+    clock.advance(shipper_module.FLUSH_DELAY)
+    clock.advance(shipper_module.FLUSH_DELAY)
+    items = [item for m in conn.sent() if m["t"] == "flows" for item in m["items"]]
+    assert unpack_messages(items[-1][2]) == [WebSocketMessage(False, "text", b"tell", 4, False, 3.0)]
 
 
 # -- the auto-passthrough table ------------------------------------------------------

@@ -67,7 +67,8 @@ def test_open_flow_shows_while_messages_arrive(store):
     assert [m["content"] for m in section["messages"]] == ["m0", "m1", "m2", "m3", "m4"]
     assert [m["from_client"] for m in section["messages"]] == [True, False, True, False, True]
     assert section["messages"][0] == {"from_client": True, "type": "text", "content": "m0", "encoding": "utf-8",
-                                      "size": 2, "truncated": False, "time": "2023-11-14T22:13:20.000Z"}
+                                      "size": 2, "truncated": False, "omitted": False,
+                                      "time": "2023-11-14T22:13:20.000Z"}
 
 
 def test_close_replaces_the_record_and_says_how_it_ended(store):
@@ -247,3 +248,118 @@ def test_ingest_bad_worker_or_ended(store):
         store.ingest("p", [], worker=-1)
     with pytest.raises(Invalid):
         store.ingest("p", [], ended=1)
+
+
+def batch(seq: int, ref: int, items: list[WebSocketMessage]) -> tuple:
+    return (seq, [], pack_messages(items), "messages", ref)
+
+
+def test_omitted_messages_are_listed_without_content(store):
+    """An origin's message recorded without content (responses not captured) is stored, paged,
+    shown and exported as omitted, with its size and time; the client's message keeps its content."""
+    sid = store.create_session("s", capture_responses=False)["id"]
+    store.ingest("p", [opened(1, [sid]), batch(2, 1, [WebSocketMessage(True, "text", b"ask", 3, False, T0 + 1),
+                                                      WebSocketMessage(False, "binary", b"", 9, True, T0 + 2, True)])])
+    (summary,), _ = store.list_flows(sid)
+    shown = store.get_flow(summary["id"])["websocket"]["messages"]
+    assert [(m["from_client"], m["content"], m["size"], m["omitted"]) for m in shown] == [
+        (True, "ask", 3, False), (False, "", 9, True)]
+    page, total = store.messages(summary["id"], offset=1)
+    assert total == 2 and page == [WebSocketMessage(False, "binary", b"", 9, True, T0 + 2, True)]
+    (entry,) = json.loads(b"".join(Exports(store).har(sid)))["log"]["entries"]
+    assert entry["_webSocketMessages"][1] == {"type": "receive", "time": T0 + 2, "opcode": 2, "data": "",
+                                              "_omitted": True}
+
+
+def test_version_1_batch_from_an_older_proxy_is_stored(store):
+    """A batch packed before ``omitted`` existed (version 1) is stored; its messages read as not omitted."""
+    sid = store.create_session("s")["id"]
+    old = msgpack.packb((1, [(False, "text", b"hello", 5, False, T0 + 1)]), use_bin_type=True)
+    store.ingest("p", [opened(1, [sid]), (2, [], old, "messages", 1)])
+    (summary,), _ = store.list_flows(sid)
+    assert store.messages(summary["id"]) == ([WebSocketMessage(False, "text", b"hello", 5, False, T0 + 1)], 1)
+    assert store.rejected == 0
+
+
+def text(from_client: bool, content: bytes, n: int = 0) -> WebSocketMessage:
+    return WebSocketMessage(from_client, "text", content, len(content), False, T0 + n)
+
+
+@pytest.fixture
+def talk(store):
+    """A session of sockets and plain flows, each saying "hello" somewhere else; path names each."""
+    sid = store.create_session("s")["id"]
+    http = socket_flow()._replace(kind="http", status=200, reason="OK")
+    items = [
+        (1, [sid], http._replace(path="/req", request=Message(body=b"hello", size=5)).pack()),
+        (2, [sid], http._replace(path="/resp", response=Message(body=b"hello", size=5)).pack()),
+        (3, [sid], pack_fields(socket_flow()._replace(path="/server-said")), "open", 0),
+        batch(4, 3, [text(True, b"greet"), text(False, b"oh, HELLO there")]),
+        (5, [sid], pack_fields(socket_flow()._replace(path="/client-said")), "open", 0),
+        batch(6, 5, [text(True, b"hello"), text(False, b"hi")]),
+        (7, [sid], pack_fields(socket_flow()._replace(path="/binary")), "open", 0),
+        batch(8, 7, [WebSocketMessage(False, "binary", b"\x00\xffhello\x80", 8, False, T0)]),
+        (9, [sid], pack_fields(socket_flow()._replace(path="/omitted")), "open", 0),
+        batch(10, 9, [text(True, b"x"), WebSocketMessage(False, "text", b"", 5, True, T0, True)]),
+        (11, [sid], pack_fields(socket_flow()._replace(path="/quiet")), "open", 0),
+    ]
+    # The match comes late in a long socket: past the pages the store reads messages in.
+    items.append((12, [sid], pack_fields(socket_flow()._replace(path="/long")), "open", 0))
+    items += [batch(13 + i, 12, [text(i % 2 == 0, b"m%d" % (i * 100 + j), j) for j in range(100)])
+              for i in range(12)]
+    items.append(batch(25, 12, [text(False, b"last: hello")]))
+    store.ingest("p", items)
+    return sid
+
+
+def paths(store, sid, expression) -> list[str]:
+    listed, total = store.list_flows(sid, filter=expression, limit=1000)
+    exported = [flow.path for _, flow in store.iter_flows(sid, expression)]
+    assert [f["path"] for f in listed] == exported and total == len(listed)
+    return sorted(exported)
+
+
+@pytest.mark.parametrize("expression, expected", [
+    ("~bs hello", ["/binary", "/long", "/resp", "/server-said"]),
+    ("~bq hello", ["/client-said", "/req"]),
+    ("~b hello", ["/binary", "/client-said", "/long", "/req", "/resp", "/server-said"]),
+    ("~b greet", ["/server-said"]),
+    ("~bs greet", []),
+    ("~b 'h.llo'", ["/binary", "/client-said", "/long", "/req", "/resp", "/server-said"]),
+    ("~bs '^oh, hel+o'", ["/server-said"]),
+    ("~bs '\\x00\\xff'", ["/binary"]),
+    ("~websocket & ~bs hello", ["/binary", "/long", "/server-said"]),
+    ("~websocket & !~b hello", ["/omitted", "/quiet"]),
+    ("~bs m1199 | ~bq m1198", ["/long"]),
+    ("~bq m1199", []),
+    ("~c 200 | ~bq hello", ["/client-said", "/req", "/resp"]),
+    ("~h upgrade & ~bs hello", ["/binary", "/long", "/resp", "/server-said"]),
+])
+def test_body_filters_search_websocket_messages(store, talk, expression, expected):
+    """~b matches a socket by any message, ~bq by the client's, ~bs by the origin's, text and binary
+    alike as their bytes, case-insensitively; listings and exports agree, on both backends."""
+    assert paths(store, talk, expression) == expected
+
+
+def test_filters_without_body_terms_read_no_message(store, talk):
+    """A filter that needs the decoded flows but has no ~b reads no WebSocket message; one with
+    ~b reads a socket's messages only as far as its first match, and only for sockets SQL let through."""
+    read: list[int] = []
+    original = store._socket_messages
+
+    def counting(flow_id, *args):
+        for message in original(flow_id, *args):
+            read.append(flow_id)
+            yield message
+
+    store._socket_messages = counting
+    assert paths(store, talk, "~h upgrade & ~websocket") == [
+        "/binary", "/client-said", "/long", "/omitted", "/quiet", "/server-said"]
+    assert paths(store, talk, "~hq upgrade") and read == []
+    assert paths(store, talk, "~c 404 & ~bs hello") == [] and read == []
+    assert paths(store, talk, "~bs greet") == []
+    assert len(read) == 2 * (2 + 2 + 1 + 2 + 0 + 1201)  # every message of each socket, for the list and the export
+    (greeted,), _ = store.list_flows(talk, filter="~b greet")
+    read.clear()
+    assert paths(store, talk, "~b greet") == ["/server-said"]
+    assert read.count(greeted["id"]) == 2  # stopped at the first message, in the list and in the export

@@ -6,9 +6,11 @@ import os
 import sqlite3
 import stat
 
+import msgpack
 import pytest
 
-from capture.flow import Message
+from capture.flow import Message, pack_fields
+from capture.messages import WebSocketMessage
 from capture.sessiond.store import SQLiteStore as Store
 from capture.sessiond.store import StoreError, Unavailable
 from capture.sessiond.store.sqlite import SCHEMA_VERSION
@@ -279,3 +281,22 @@ def test_migration_to_version_6_keeps_open_sockets_closable(tmp_path):
     with Store(path) as s:
         (flow_id, sessions, _), = s.close_orphans("new", 0)
         assert sessions == [sid] and s.websocket_close(flow_id) == PROXY_STOPPED
+
+
+def test_messages_stored_before_omitted_still_read(tmp_path):
+    """A message row written before ``omitted`` existed (six fields) is listed, paged and searched as not omitted."""
+    path = str(tmp_path / "old.sqlite")
+    with Store(path) as s:
+        sid = s.create_session("s")["id"]
+        socket = make_flow()._replace(kind="websocket", status=101, path="/ws")
+        s.ingest("p", [(1, [sid], pack_fields(socket), "open", 0)])
+        (summary,), _ = s.list_flows(sid)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("INSERT INTO websocket_messages (flow_id, n, record) VALUES (?, 1, ?)",
+               (summary["id"], msgpack.packb((False, "text", b"hello", 5, False, T0), use_bin_type=True)))
+    db.execute("UPDATE websockets SET message_count = 1 WHERE flow_id = ?", (summary["id"],))
+    db.close()
+    with Store(path) as s:
+        assert s.messages(summary["id"]) == ([WebSocketMessage(False, "text", b"hello", 5, False, T0)], 1)
+        assert s.get_flow(summary["id"])["websocket"]["messages"][0]["omitted"] is False
+        assert s.list_flows(sid, filter="~bs hello")[1] == 1 and s.list_flows(sid, filter="~bq hello")[1] == 0

@@ -20,7 +20,7 @@ class Pair:
     """A client peer, a relay and an origin peer, with the wires between them carried by hand."""
 
     def __init__(self, client_deflate: bool = False, server_deflate: bool = False, limit: int = 1 << 20,
-                 max_message: int = 1 << 20) -> None:
+                 max_message: int = 1 << 20, omit_server: bool = False) -> None:
         self.now = 100.0
         # Negotiated as on the wire: the client's offer, the proxy's offer upstream, the origin's answer.
         client_ext, server_ext = PerMessageDeflate(), PerMessageDeflate()
@@ -43,7 +43,7 @@ class Pair:
             client_ext.finalize(accepted[0].decode())
         self.client = Connection(CLIENT, [client_ext] if client_deflate else [])
         self.origin = Connection(SERVER, [server_ext] if server_deflate else [])
-        self.relay = Relay(sides, limit, max_message, lambda: self.now)
+        self.relay = Relay(sides, limit, max_message, lambda: self.now, omit_server)
         assert [bool(side) for side in sides] == [client_deflate, server_deflate]
         self.messages = []
         self.closed = {"client": False, "server": False}
@@ -115,6 +115,24 @@ def test_no_capture_records_nothing():
     pair = Pair(limit=0)
     assert pair.send(True, TextMessage("x")) == [TextMessage("x")]
     assert pair.messages == []
+
+
+@pytest.mark.parametrize("server_deflate", [False, True])
+def test_omitted_server_messages_pass_whole_and_are_recorded_without_content(server_deflate):
+    """With omit_server the origin's messages reach the client whole; the record keeps
+    direction, type, size and time, no content, and says it was omitted; the client's are kept."""
+    pair = Pair(client_deflate=server_deflate, server_deflate=server_deflate, omit_server=True)
+    assert pair.send(True, TextMessage("question")) == [TextMessage("question")]
+    pair.now = 101.0
+    assert pair.send(False, TextMessage("secret answer")) == [TextMessage("secret answer")]
+    assert pair.send(False, BytesMessage(b"\x00" * 3000)) == [BytesMessage(b"\x00" * 3000)]
+    assert pair.send(False, BytesMessage(b"")) == [BytesMessage(b"")]
+    client, text, binary, empty = pair.messages
+    assert (client.content, client.omitted, client.truncated) == (b"question", False, False)
+    assert [(m.from_client, m.type, m.content, m.size, m.time, m.omitted) for m in (text, binary)] == [
+        (False, "text", b"", 13, 101.0, True), (False, "binary", b"", 3000, 101.0, True)]
+    assert text.truncated and binary.truncated  # their bytes are not all stored, as for a cut message
+    assert (empty.size, empty.omitted, empty.truncated) == (0, True, False)
 
 
 def test_ping_and_pong_are_relayed():

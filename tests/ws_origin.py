@@ -9,6 +9,7 @@ except these text commands:
     extensions          the origin answers with the Sec-WebSocket-Extensions it
                         was offered and the one it accepted, as "offered|accepted"
     ping                the origin pings the client and answers "pong" once it is ponged
+    greet               the origin answers "hello" (a word the client never sent)
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ async def handler(connection) -> None:
             offered = connection.request.headers.get("Sec-WebSocket-Extensions", "")
             accepted = connection.response.headers.get("Sec-WebSocket-Extensions", "")
             await connection.send(f"{offered}|{accepted}")
+            continue
+        if message == "greet":
+            await connection.send("hello")
             continue
         if message == "ping":
             waiter = await connection.ping(b"from origin")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from email.message import Message as _MimeHeader
 from email.utils import collapse_rfc2231_value
 
-from capture.flow import Flow, Headers, Message
+from capture.flow import Flow, Headers
 
 __all__ = [
     "FormPart",

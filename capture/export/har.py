@@ -96,8 +96,11 @@ def _websocket_message(message: WebSocketMessage) -> dict[str, Any]:
         data = message.content.decode("utf-8", "replace")
     else:
         data = base64.b64encode(message.content).decode("ascii")
-    return {"type": "send" if message.from_client else "receive", "time": message.time,
-            "opcode": OPCODES[message.type], "data": data}
+    exported = {"type": "send" if message.from_client else "receive", "time": message.time,
+                "opcode": OPCODES[message.type], "data": data}
+    if message.omitted:
+        exported["_omitted"] = True  # data is empty: the session did not capture responses
+    return exported
 
 
 def _request(flow: Flow) -> dict[str, Any]:

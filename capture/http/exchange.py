@@ -241,8 +241,10 @@ class Exchange:
         self._upgraded = True
         if self._candidates:
             self._live = services.recorder.open_websocket(self._candidates, self._websocket_flow("", None))
-        limit = self._limit if self._live is not None else 0
-        relay = websocket.Relay(sides, limit, services.limits.max_websocket_message, services.reactor.seconds)
+        live = self._live
+        limit = self._limit if live is not None else 0
+        relay = websocket.Relay(sides, limit, services.limits.max_websocket_message, services.reactor.seconds,
+                                omit_server=live is not None and not live.responses)
         self.stream.upgrade(self._reason, head, link, relay, self._websocket_messages, self._websocket_ended, rest)
 
     def _websocket_messages(self, messages: list[Any]) -> None:

@@ -174,14 +174,18 @@ class Relay:
     """Both WebSocket peers of one socket through the proxy.
 
     ``capture_limit`` bytes of each message are recorded (0: record nothing);
+    with ``omit_server`` the origin's messages are recorded without their
+    content, which is never held (``omitted``: no session captures responses).
     ``max_message`` bounds a message's decompressed size on a side that
     negotiated permessage-deflate; ``clock`` gives message times.
     """
 
-    def __init__(self, sides: Sides, capture_limit: int, max_message: int, clock: Callable[[], float]) -> None:
+    def __init__(self, sides: Sides, capture_limit: int, max_message: int, clock: Callable[[], float],
+                 omit_server: bool = False) -> None:
         self.client = _Side(True, sides[0])
         self.server = _Side(False, sides[1])
         self.capture_limit = capture_limit
+        self.omit_server = omit_server
         self.max_message = max_message
         self.clock = clock
         self.close: WebSocketClose | None = None  # the first close seen, from whichever side
@@ -277,7 +281,8 @@ class Relay:
         if side.inflates and side.size > self.max_message:
             self._fail(side, MESSAGE_TOO_BIG, f"message larger than {self.max_message} bytes once inflated", out)
             return
-        if side.stored < self.capture_limit:
+        omitted = self.omit_server and not side.from_client
+        if side.stored < self.capture_limit and not omitted:
             piece = payload[: self.capture_limit - side.stored]
             side.chunks.append(piece)
             side.stored += len(piece)
@@ -290,7 +295,7 @@ class Relay:
                 if truncated and side.kind == "text":
                     content = content.decode("utf-8", "ignore").encode("utf-8")  # no half character at the cut
                 out.messages.append(WebSocketMessage(side.from_client, side.kind, content, side.size, truncated,
-                                                     self.clock()))
+                                                     self.clock(), omitted))
             side.kind = ""
             side.chunks = []
             side.stored = side.size = 0

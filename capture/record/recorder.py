@@ -8,13 +8,26 @@ sessions that take everything never make the flow be built as a ``Flow``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from capture.messages import WebSocketClose, WebSocketMessage
 from capture.rules import SessionRule, matching_sessions
 
 REDACTED = b"[redacted]"
 Headers = list[tuple[bytes, bytes]]
+
+
+class Live(NamedTuple):
+    """An open WebSocket flow as the recorder knows it.
+
+    ``ref`` names it to the shipper; ``sessions`` took it when it opened;
+    ``responses``: one of them captures responses, so the origin's messages
+    are kept with their content (else they are recorded as omitted).
+    """
+
+    ref: int
+    sessions: frozenset[int]
+    responses: bool
 
 
 class Recorder:
@@ -97,19 +110,34 @@ class Recorder:
             error, server_ip, "websocket", 0, client_tls, server_tls, (),
         )
 
-    def open_websocket(self, candidates: tuple[SessionRule, ...],
-                       flow: tuple[Any, ...]) -> tuple[int, frozenset[int]] | None:
-        """Ship an open WebSocket flow to the sessions that want it: its ref and those sessions, or None."""
+    def open_websocket(self, candidates: tuple[SessionRule, ...], flow: tuple[Any, ...]) -> Live | None:
+        """Ship an open WebSocket flow to the sessions that want it; None when none does.
+
+        The sessions' filters see the upgrade request and its 101, never a
+        message: those are yet to come.  The origin's messages are the
+        socket's responses, kept with their content only if one of these
+        sessions captures responses.
+        """
         sessions = matching_sessions(candidates, flow)
-        return (self.shipper.open_live(flow, sessions), frozenset(sessions)) if sessions else None
+        if not sessions:
+            return None
+        responses = any(rule.capture_responses for rule in candidates if rule.session_id in sessions)
+        return Live(self.shipper.open_live(flow, sessions), frozenset(sessions), responses)
 
-    def websocket_messages(self, live: tuple[int, frozenset[int]], client: str,
-                           messages: list[WebSocketMessage]) -> None:
-        """Messages go to the open flow while one of its sessions still captures (a paused one records none)."""
-        ref, sessions = live
-        if any(rule.session_id in sessions for rule in self.candidates(client)):
-            self.shipper.live_messages(ref, messages)
+    def websocket_messages(self, live: Live, client: str, messages: list[WebSocketMessage]) -> None:
+        """Messages go to the open flow while one of its sessions still captures (a paused one records none).
 
-    def close_websocket(self, live: tuple[int, frozenset[int]], flow: tuple[Any, ...], close: WebSocketClose) -> None:
+        An origin's message with content, where no session captures responses, is stored as omitted.
+        """
+        if any(rule.session_id in live.sessions for rule in self.candidates(client)):
+            if not live.responses:
+                messages = [m if m.from_client or m.omitted else _omitted(m) for m in messages]
+            self.shipper.live_messages(live.ref, messages)
+
+    def close_websocket(self, live: Live, flow: tuple[Any, ...], close: WebSocketClose) -> None:
         """The WebSocket's final flow and how it closed."""
-        self.shipper.close_live(live[0], flow, close)
+        self.shipper.close_live(live.ref, flow, close)
+
+
+def _omitted(message: WebSocketMessage) -> WebSocketMessage:
+    return message._replace(content=b"", truncated=message.size > 0, omitted=True)

@@ -25,7 +25,11 @@ and the ``~a`` test.  What goes to SQL, and why it is exact:
   side and leaves the rest as residual.
 
 Header and body filters (``~h ~hq ~hs ~b ~bq ~bs``), and anything this module
-does not know, stay residual.  Nothing here does I/O.
+does not know, stay residual.  On a WebSocket flow the body filters also
+search its messages, which the store hands the residual through
+:class:`capture.sessiond.store.rows.FilterView` only when the filter has such
+a term; the SQL part first narrows the rows, so ``~c 404 & ~bs x`` reads the
+messages of 404s only (none: a socket is a 101).  Nothing here does I/O.
 """
 
 from __future__ import annotations

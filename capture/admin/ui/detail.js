@@ -213,7 +213,8 @@ function websocket(flow) {
     h("table.plain", {}, h("thead", {}, h("tr", {}, ["", "Time", "Type", "Size", "Content"].map((c) => h("th", {}, c)))),
       h("tbody", {}, ws.messages.map((m) => h("tr", {},
         h("td", {}, m.from_client ? "→" : "←"), h("td", {}, m.time), h("td", {}, m.type),
-        h("td", {}, bytes(m.size)), h("td", {}, h("code.wrap", {}, m.encoding === "base64" ? `(base64) ${m.content}` : m.content)))))));
+        h("td", {}, bytes(m.size)), h("td", {}, m.omitted ? h("span.muted", {}, "(not stored: responses are not captured)")
+          : h("code.wrap", {}, m.encoding === "base64" ? `(base64) ${m.content}` : m.content)))))));
 }
 
 function grpc(section) {

@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -66,6 +66,7 @@ from capture.sessiond.store.rows import (
     INT64,
     SESSION_COLUMNS,
     SUMMARY_COLUMNS,
+    FilterView,
     check_clients,
     check_cookies,
     check_name,
@@ -80,8 +81,6 @@ from capture.sessiond.store.rows import (
     session_dict,
     stats_result,
     summary_from_row,
-    uses_appliance,
-    with_appliance,
 )
 
 SCHEMA_VERSION = 3
@@ -677,6 +676,23 @@ class PostgresStore:
                     (flow_id, offset, limit))
         return [unpack_message(bytes(record)) for (record,) in cur.fetchall()], row[0]
 
+    def _socket_messages(self, flow_id: int, cur: psycopg.Cursor | None = None) -> Iterator[WebSocketMessage]:
+        """Every stored message of a WebSocket flow in order, a page at a time (for body filters).
+
+        On ``cur`` inside a caller's read, else each page its own short read.
+        """
+        last = 0
+        while True:
+            with nullcontext(cur) if cur is not None else self._read() as reader:
+                reader.execute("SELECT n, record FROM websocket_messages WHERE flow_id = %s AND n > %s ORDER BY n"
+                               " LIMIT %s", (flow_id, last, _SCAN_CHUNK))
+                rows = reader.fetchall()
+            for _, record in rows:
+                yield unpack_message(bytes(record))
+            if len(rows) < _SCAN_CHUNK:
+                return
+            last = rows[-1][0]
+
     def websocket_close(self, flow_id: int) -> WebSocketClose | None:
         if type(flow_id) is not int or not INT64[0] <= flow_id <= INT64[1]:
             return None
@@ -766,9 +782,9 @@ class PostgresStore:
                 return self._column_page(cur, f"{where} ORDER BY {ordering}", params, residual, test, limit, offset)
             page = []
             total = 0
-            via = uses_appliance(plan.residual)
+            view = FilterView(plan.residual, lambda flow_id: self._socket_messages(flow_id, cur))
             for flow_id, appliance, flow in self._candidates(cur, f"SELECT f.id {where} ORDER BY {ordering}", params):
-                if not residual(with_appliance(flow, appliance) if via else flow):
+                if not residual(view(flow_id, appliance, flow)):
                     continue
                 if offset <= total < offset + limit:
                     page.append({"id": flow_id, **flow.summary(), "appliance": appliance or None})
@@ -812,7 +828,8 @@ class PostgresStore:
 
     def _decoded_test(self, cur: psycopg.Cursor, flow_id: int, residual: filters.Filter) -> bool:
         appliance, flow = self._load(cur, flow_id)
-        return residual(with_appliance(flow, appliance))
+        view = FilterView(residual, lambda flow_id: self._socket_messages(flow_id, cur))
+        return residual(view(flow_id, appliance, flow))
 
     def iter_flows(self, session_id: int, filter: str | filters.Filter = "") -> Iterator[tuple[int, Flow]]:
         plan = _plan(filter)
@@ -1048,7 +1065,7 @@ class PostgresStore:
         """Chunks keyed on the last row seen: each chunk is its own short read."""
         where = "" if plan.where == query.TRUE else f" AND {plan.where}"
         residual = plan.residual
-        via = uses_appliance(residual)
+        view = FilterView(residual, self._socket_messages)
         last_time, last_id = -math.inf, -1
         while True:
             with self._read() as cur:
@@ -1062,7 +1079,7 @@ class PostgresStore:
                 rows = cur.fetchall()
             for _, flow_id, appliance, record in rows:
                 flow = Flow.unpack(bytes(record))
-                if residual is None or residual(with_appliance(flow, appliance) if via else flow):
+                if residual is None or residual(view(flow_id, appliance, flow)):
                     yield flow_id, flow
             if len(rows) < _SCAN_CHUNK:
                 return

@@ -8,14 +8,16 @@ here once, so both backends give the same answer to the same call.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from capture import filters
 from capture.flow import Flow, iso_time, media_type
+from capture.messages import WebSocketMessage
 from capture.sessiond import query
 from capture.sessiond.store.interface import MAX_NAME, MAX_PAGE, Invalid
 
@@ -265,28 +267,54 @@ def summary_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 class _Captured:
-    """A flow together with the appliance that captured it, for filters that ask (``~via``).
+    """A flow with what the store knows beyond it, for filters that ask.
 
-    Every other attribute is the flow's own.
+    ``appliance`` captured it (``~via``); ``websocket_messages``, when not
+    None, reads a WebSocket's messages in order (``~b ~bq ~bs``).  Every
+    other attribute is the flow's own.
     """
 
-    __slots__ = ("_flow", "appliance")
+    __slots__ = ("_flow", "appliance", "websocket_messages")
 
-    def __init__(self, flow: Flow, appliance: str) -> None:
+    def __init__(self, flow: Flow, appliance: str, messages: Callable[[], Iterator[WebSocketMessage]] | None) -> None:
         self._flow = flow
         self.appliance = appliance
+        self.websocket_messages = messages
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._flow, name)
 
 
-def with_appliance(flow: Flow, appliance: str) -> Flow:
-    """``flow`` as a filter sees it when it may test which appliance captured it."""
-    return _Captured(flow, appliance)  # type: ignore[return-value]
+class FilterView:
+    """How a store hands a decoded flow to a residual filter: with only what the filter reads.
+
+    ``messages(flow_id)`` iterates a flow's stored WebSocket messages; it is
+    handed on only when the filter has a body term (``~b ~bq ~bs``) and the
+    flow is a WebSocket, and it runs only if that term is reached, so a
+    filter without one never reads a message.
+    """
+
+    __slots__ = ("_via", "_messages")
+
+    def __init__(self, tree: filters.Filter | None, messages: Callable[[int], Iterator[WebSocketMessage]]) -> None:
+        self._via = _uses(tree, _VIA)
+        self._messages = messages if _uses(tree, _BODIES) else None
+
+    def __call__(self, flow_id: int, appliance: str, flow: Flow) -> Flow:
+        messages = None
+        if self._messages is not None and flow.kind == "websocket":
+            messages = functools.partial(self._messages, flow_id)
+        if messages is None and not self._via:
+            return flow
+        return _Captured(flow, appliance, messages)  # type: ignore[return-value]
 
 
-def uses_appliance(tree: filters.Filter | None) -> bool:
-    """Does the filter test the capturing appliance anywhere?"""
+_VIA = frozenset({"via"})
+_BODIES = frozenset({"b", "bq", "bs"})
+
+
+def _uses(tree: filters.Filter | None, names: frozenset[str]) -> bool:
+    """Has the filter a regex term named one of ``names``?"""
     stack = [tree]
     while stack:
         node = stack.pop()
@@ -294,7 +322,7 @@ def uses_appliance(tree: filters.Filter | None) -> bool:
             stack += (node.left, node.right)
         elif isinstance(node, filters.Not):
             stack.append(node.inner)
-        elif isinstance(node, filters.Regex) and node.name == "via":
+        elif isinstance(node, filters.Regex) and node.name in names:
             return True
     return False
 

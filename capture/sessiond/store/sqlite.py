@@ -67,6 +67,7 @@ from capture.sessiond.store.interface import (
 from capture.sessiond.store.rows import (
     SESSION_COLUMNS,
     SUMMARY_COLUMNS,
+    FilterView,
     check_clients,
     check_cookies,
     check_name,
@@ -82,8 +83,6 @@ from capture.sessiond.store.rows import (
     session_dict,
     stats_result,
     summary_from_row,
-    uses_appliance,
-    with_appliance,
 )
 
 SCHEMA_VERSION = 6
@@ -690,6 +689,21 @@ class SQLiteStore:
         ).fetchall()
         return [unpack_message(record) for (record,) in rows], row[0]
 
+    def _socket_messages(self, flow_id: int) -> Iterator[WebSocketMessage]:
+        """Every stored message of a WebSocket flow in order, read a page at a time (for body filters)."""
+        last = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT n, record FROM websocket_messages WHERE flow_id = ? AND n > ? ORDER BY n LIMIT ?",
+                (flow_id, last, _SCAN_CHUNK),
+            ).fetchall()
+            for _, record in rows:
+                yield unpack_message(record)
+            if len(rows) < _SCAN_CHUNK:
+                return
+            last = rows[-1][0]
+            self._pace()
+
     def websocket_close(self, flow_id: int) -> WebSocketClose | None:
         """How a WebSocket flow ended; None while it is open (or for any other flow)."""
         row = self._db.execute("SELECT close FROM websockets WHERE flow_id = ?", (flow_id,)).fetchone()
@@ -767,9 +781,9 @@ class SQLiteStore:
             return page, total
         page = []
         total = 0
-        via = uses_appliance(plan.residual)
+        view = FilterView(plan.residual, self._socket_messages)
         for flow_id, appliance, flow in self._candidates(f"SELECT f.id {where} ORDER BY {ordering}", params):
-            if not residual(with_appliance(flow, appliance) if via else flow):
+            if not residual(view(flow_id, appliance, flow)):
                 continue
             if offset <= total < offset + limit:
                 page.append({"id": flow_id, **flow.summary(), "appliance": appliance or None})
@@ -966,7 +980,7 @@ class SQLiteStore:
     def _scan(self, session_id: int, plan: query.Query) -> Iterator[tuple[int, Flow]]:
         where = "" if plan.where == query.TRUE else f" AND {plan.where}"
         residual = plan.residual
-        via = uses_appliance(residual)
+        view = FilterView(residual, self._socket_messages)
         last_time, last_id = -math.inf, -1
         while True:
             rows = self._db.execute(
@@ -979,7 +993,7 @@ class SQLiteStore:
             for _, flow_id, appliance, record in rows:
                 self._pace()
                 flow = Flow.unpack(record)
-                if residual is None or residual(with_appliance(flow, appliance) if via else flow):
+                if residual is None or residual(view(flow_id, appliance, flow)):
                     yield flow_id, flow
             if len(rows) < _SCAN_CHUNK:
                 return
