@@ -374,6 +374,9 @@ def test_grpc_messages_in_the_detail(ui, grpc_origin, page, console):
         expect(summaries.nth(i)).to_contain_text(f"{side} message {i + 1}")
         expect(summaries.nth(i)).to_contain_text(re.compile(r"at \d\d:\d\d:\d\d\.\d{3}"))
     expect(messages.locator("pre").nth(2)).to_contain_text('"value": 3')
+    # The bodies are binary framing: shown as hex, not as mojibake text.
+    expect(page.get_by_label("Request body view")).to_have_value("hex")
+    expect(page.get_by_label("Response body view")).to_have_value("hex")
 
 
 def test_session_actions(ui, page, console):

@@ -27,6 +27,8 @@ export function guessView(message) {
   if (type.startsWith("image/")) return "image";
   if (type.includes("json")) return "json";
   if (type.includes("x-www-form-urlencoded")) return "form";
+  // Length-prefixed protobuf: binary however it decodes; the gRPC section below reads it.
+  if (type.startsWith("application/grpc") || type.includes("protobuf")) return "hex";
   if (message.body_encoding === "base64") return "hex";
   const start = message.body.trimStart()[0];
   if (start === "{" || start === "[") { try { JSON.parse(message.body); return "json"; } catch { /* text */ } }
