@@ -162,6 +162,15 @@ def alive(pid: int) -> bool:
         return False
 
 
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a process: sched_setaffinity on a pid moves its main thread only."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass  # the thread ended meanwhile
+
+
 def descendants(pid: int) -> set[int]:
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -474,8 +483,9 @@ token_file = {self.dir}/admin.token
         self.proc = children.start("capture", argv, log=self.log, env=env, cwd=self.dir)
         self.api = self._ready(ready_timeout)
         if sessiond_cpus:
-            # The session manager inherits the proxy's pinning; move it where asked.
-            os.sched_setaffinity(self.sessiond_pid(), cpu_set(sessiond_cpus))
+            # The session manager inherits the proxy's pinning; move it where asked, every thread
+            # of it (the PostgreSQL store's writer and listener threads are running already).
+            pin_threads(self.sessiond_pid(), cpu_set(sessiond_cpus))
         self.session = self.api("POST", "/api/sessions", {"name": "bench"})["id"]
 
     def _ready(self, timeout: float = 60) -> Api:
