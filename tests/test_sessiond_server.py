@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -149,6 +150,48 @@ def test_flows_stored_and_acked(manager: SessionManager, store: Store) -> None:
     assert total == 3
     assert [f["path"] for f in flows] == ["/item/1", "/item/2", "/item/3"]
     assert store.last_seq(INSTANCE) == 3
+
+
+class Held:
+    """A runner whose calls wait until the test lets them run, as a store in another thread would."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...], dict[str, Any], defer.Deferred]] = []
+
+    def run(self, function: Any, *args: Any, **kwargs: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.calls.append((function, args, kwargs, d))
+        return d
+
+    def release(self) -> None:
+        function, args, kwargs, d = self.calls.pop(0)
+        d.callback(function(*args, **kwargs))
+
+
+def test_batches_queued_during_a_store_call_go_in_together(manager: SessionManager, store: Store) -> None:
+    """Batches that arrive while one is being stored are stored in the next call together and acked
+    once, up to MAX_MERGED items; a batch of another instance waits for a call of its own."""
+    from capture.sessiond import server as server_module
+
+    session = store.create_session("s")
+    peer = Peer(manager)
+    peer.hello()
+    held = manager.runner = Held()
+    size = server_module.MAX_MERGED // 2
+    peer.send("flows", instance=INSTANCE, items=items([session["id"]], range(1, 3)))
+    for first in (3, 3 + size, 3 + 2 * size):
+        peer.send("flows", instance=INSTANCE, items=items([session["id"]], range(first, first + size)))
+    peer.send("flows", instance="earlier", items=items([session["id"]], range(1, 2)))
+    assert len(held.calls) == 1
+    held.release()
+    assert [m["seq"] for m in peer.received()] == [2]
+    assert [len(call[1][1]) for call in held.calls] == [2 * size]  # two batches fit, the third waits
+    held.release()
+    assert [m["seq"] for m in peer.received()] == [2 + 2 * size]
+    held.release()
+    held.release()
+    assert [(m["instance"], m["seq"]) for m in peer.received()] == [(INSTANCE, 2 + 3 * size), ("earlier", 1)]
+    assert held.calls == [] and store.list_flows(session["id"])[1] == 3 + 3 * size
 
 
 def test_resent_batch_acked_again_stored_once(manager: SessionManager, store: Store) -> None:
@@ -686,7 +729,7 @@ def test_batches_wait_unacked_while_the_store_is_unreachable(store: Store) -> No
     outage.down = False
     clock.advance(server_module.RETRY_INTERVAL)
     acks = [m for m in peer.received() if m["t"] == "ack"]
-    assert [a["seq"] for a in acks] == [3, 5]
+    assert [a["seq"] for a in acks] == [5]  # the batches that waited go in together
     assert store.list_flows(session["id"])[1] == 5
     assert manager.call("status", {}).result[0]["database"]["reachable"] is True
 

@@ -25,6 +25,7 @@ it: the instance is the same.
 from __future__ import annotations
 
 import json
+import itertools
 import os
 import time
 from collections import deque
@@ -46,6 +47,7 @@ from capture.sessiond.store import Invalid, Store, StoreError, Unavailable
 _RULE_CHANGES = {"sessions.create", "sessions.rename", "sessions.pause", "sessions.resume", "sessions.stop", "sessions.clear",
                  "sessions.delete", "sessions.prune"}
 RETRY_INTERVAL = 1.0
+MAX_MERGED = 1024  # items of queued batches stored in one call at most
 
 
 class SessionManager:
@@ -436,7 +438,8 @@ class SessionProtocol(Protocol):
     # -- ingest ----------------------------------------------------------------------
 
     def pump(self, now: bool = False) -> None:
-        """Store the batch at the front, unless one is being stored or (``now`` aside) waits for a retry."""
+        """Store the batch at the front (with those of its instance queued behind it), unless one is being
+        stored or (``now`` aside) waits for a retry."""
         if self._storing or not self._batches or not self.connected:
             return
         if self._retry is not None and self._retry.active():
@@ -445,6 +448,14 @@ class SessionProtocol(Protocol):
             self._retry.cancel()
         self._retry = None
         instance, items = self._batches[0]
+        count = 1
+        # Batches that queued while the last was stored go in together: one transaction, one
+        # ack (acks are cumulative), and the store's cost per call spread over more flows.
+        for other, more in itertools.islice(self._batches, 1, None):
+            if other != instance or len(items) + len(more) > MAX_MERGED:
+                break
+            items = [*items, *more]
+            count += 1
         watched = self.manager.watched()
         # Noted in the runner's thread, published from the reactor's once the batch is in.
         stored: list[tuple[int, list[int], Flow]] = []
@@ -455,13 +466,14 @@ class SessionProtocol(Protocol):
         # Items of another instance come from an earlier run's spill file: that run is over.
         d = self.manager.runner.run(self.manager.store.ingest, instance, items, on_stored, on_messages,
                                     worker=self._worker, ended=instance != self._instance)
-        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(instance, watched, stored, added))
+        d.addCallbacks(self._stored, self._not_stored, callbackArgs=(instance, count, watched, stored, added))
 
-    def _stored(self, last: int, instance: str, watched: set[int], stored: list, added: list) -> None:
+    def _stored(self, last: int, instance: str, count: int, watched: set[int], stored: list, added: list) -> None:
         self._storing = False
         if not self.connected:
             return
-        self._batches.popleft()
+        for _ in range(count):
+            self._batches.popleft()
         if self._holding:
             self.log.info("storing flows again")
             self._holding = False
