@@ -103,14 +103,15 @@ def items(session_ids: list[int], seqs: range) -> list[list[Any]]:
 # -- hello -----------------------------------------------------------------------
 
 
-def test_hello_answers_welcome_then_rules(manager: SessionManager, store: Store) -> None:
-    """hello is answered by welcome (pid, last_seq 0), the capturing sessions as rules, then the passthrough table."""
+def test_hello_answers_rules_then_welcome(manager: SessionManager, store: Store) -> None:
+    """hello is answered by the capturing sessions as rules, welcome (pid, last_seq 0), then the passthrough
+    table: a proxy told it is connected already has its rules."""
     first = store.create_session("one", clients=["10.0.0.0/24"])
     paused = store.create_session("two")
     store.pause(paused["id"])
     peer = Peer(manager)
     assert peer.received() == []  # the proxy speaks first
-    welcome, rules, table = peer.hello()
+    rules, welcome, table = peer.hello()
     assert welcome == {"t": "welcome", "v": wire.VERSION, "pid": PID, "last_seq": 0}
     assert table == {"t": "passthrough", "v": wire.VERSION, "hosts": [], "suspects": []}
     assert rules["t"] == "rules"
@@ -123,9 +124,9 @@ def test_hello_reports_last_stored_seq(manager: SessionManager, store: Store) ->
     """welcome carries the highest seq already stored for the instance."""
     session = store.create_session("s")
     store.ingest(INSTANCE, items([session["id"]], range(1, 6)))
-    welcome = Peer(manager).hello()[0]
+    welcome = Peer(manager).hello()[1]
     assert welcome["last_seq"] == 5
-    assert Peer(manager).hello(instance="another")[0]["last_seq"] == 0
+    assert Peer(manager).hello(instance="another")[1]["last_seq"] == 0
 
 
 def test_factory_registers_connected_proxies(manager: SessionManager) -> None:
@@ -215,7 +216,7 @@ def test_resend_overlapping_new_flows(manager: SessionManager, store: Store) -> 
     peer.send("flows", instance=INSTANCE, items=items([session["id"]], range(1, 3)))
     peer.lose()
     again = Peer(manager)
-    assert again.hello()[0]["last_seq"] == 2
+    assert again.hello()[1]["last_seq"] == 2
     again.send("flows", instance=INSTANCE, items=items([session["id"]], range(1, 5)))
     assert again.received()[0]["seq"] == 4
     flows, total = store.list_flows(session["id"])
@@ -425,7 +426,7 @@ def test_malformed_msgpack_aborts_and_manager_keeps_serving(manager: SessionMana
     bad.lose()
     assert bad.protocol not in manager.proxies
     good = Peer(manager)
-    welcome, rules, _ = good.hello()
+    rules, welcome, _ = good.hello()
     assert welcome["t"] == "welcome"
     assert welcome["pid"] == PID
     assert len(rules["sessions"]) == 1
@@ -672,7 +673,7 @@ def test_rules_decide_via_for_this_appliance(store: Store) -> None:
     here = store.create_session("here", filter="~via floor & ~m GET")
     there = store.create_session("there", filter="~via 'floor-3' | ~d example")
     peer = Peer(manager)
-    _, rules, _ = peer.hello()  # welcome, rules, passthrough table
+    rules, _, _ = peer.hello()  # rules, welcome, passthrough table
     filters_by_id = {s["id"]: s["filter"] for s in rules["sessions"]}
     assert filters_by_id[here["id"]] == "~all & ~m GET"
     assert filters_by_id[there["id"]] == "!~all | ~d example"

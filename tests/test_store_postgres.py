@@ -68,6 +68,33 @@ def test_store_opens_and_answers_at_once_while_the_database_host_is_silent(silen
         assert bounded(store.close)[0] == "ok"
 
 
+def test_a_failed_attempt_fails_the_waiting_call_at_once(monkeypatch):
+    """A database host that hangs up before answering (a server going down): the call waiting on the
+    attempt fails as soon as the attempt does, naming why, rather than waiting out ANSWER_WAIT for an
+    answer that cannot come; the session manager's one store thread stays free for the calls behind it."""
+    from capture.sessiond.store import postgres
+    from capture.sessiond.store.interface import Unavailable
+
+    monkeypatch.setattr(postgres, "ANSWER_WAIT", 60.0)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+
+        def hang_up() -> None:
+            connection, _ = listener.accept()
+            threading.Event().wait(0.3)  # the call is waiting by now
+            connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        store = postgres.PostgresStore(f"postgresql://postgres@127.0.0.1:{listener.getsockname()[1]}/capture")
+        try:
+            kind, error = bounded(store.list_sessions, seconds=30)
+            assert kind == "error" and isinstance(error, Unavailable), error
+            assert "no answer" not in str(error)
+        finally:
+            assert bounded(store.close)[0] == "ok"
+
+
 def test_migration_to_version_3_keeps_open_sockets_closable(postgres_cluster):
     """A WebSocket left open in a version 2 database belongs to a main proxy process: its next run closes it."""
     import psycopg

@@ -35,6 +35,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from capture import filters, wire
 from capture.flow import Flow
@@ -389,6 +390,8 @@ class SessionProtocol(Protocol):
             raise wire.WireError(f"unknown message type {kind!r}")
 
     def _welcome(self, last: Any) -> None:
+        """Rules first (read now, or the last read when the store is away), then the welcome:
+        a proxy that is told it is connected captures from its first request on."""
         if not self.connected:
             return
         if not isinstance(last, int):
@@ -396,9 +399,16 @@ class SessionProtocol(Protocol):
             # store skips what it already has, so nothing is lost or doubled.
             last.trap(StoreError)
             last = 0
-        self.transport.write(wire.encode("welcome", pid=self.manager.pid, last_seq=last))
-        self.manager.refresh_rules([self])
-        self.transport.write(self.manager.passthrough.message())
+
+        def welcome(outcome: Any) -> None:
+            if isinstance(outcome, Failure):
+                self.log.failure("reading the rules for a proxy failed", outcome)
+            if not self.connected:
+                return
+            self.transport.write(wire.encode("welcome", pid=self.manager.pid, last_seq=last))
+            self.transport.write(self.manager.passthrough.message())
+
+        self.manager.refresh_rules([self]).addBoth(welcome)
 
     def _close_orphans(self) -> None:
         """Close what earlier runs of this proxy process left open; tried again while the store is away."""

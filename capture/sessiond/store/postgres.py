@@ -894,7 +894,9 @@ class PostgresStore:
             attempt = self._attempt = _Attempt(self._open)
         if not attempt.done.is_set() and not attempt.waited:
             attempt.waited = True
-            if attempt.answered.wait(ANSWER_WAIT):
+            # Settled: the server answered, or the attempt is over (a refused connection
+            # ends it at once, and the call fails at once with its reason).
+            if attempt.settled.wait(ANSWER_WAIT) and attempt.answered.is_set():
                 attempt.done.wait(PREPARE_WAIT)
         if attempt.done.is_set():
             if attempt.conn is not None:
@@ -1086,17 +1088,31 @@ class PostgresStore:
             last_time, last_id = rows[-1][0], rows[-1][1]
 
 
+class _Answered(threading.Event):
+    """An attempt's ``answered`` event, which settles the attempt too."""
+
+    def __init__(self, settled: threading.Event) -> None:
+        super().__init__()
+        self._settled = settled
+
+    def set(self) -> None:
+        super().set()
+        self._settled.set()
+
+
 class _Attempt:
     """One connection attempt, run in its own thread so that no call waits on a silent host.
 
     ``answered`` is set once the server has accepted the login, ``done``
-    when the attempt is over, with ``conn`` or ``error``; ``waited`` is
-    set by the first call that waited for it, so later calls do not wait again.
+    when the attempt is over, with ``conn`` or ``error``, and ``settled`` by
+    whichever comes first; ``waited`` is set by the first call that waited
+    for it, so later calls do not wait again.
     """
 
     def __init__(self, open_connection: Callable[[threading.Event], psycopg.Connection]) -> None:
         self.started = time.monotonic()
-        self.answered = threading.Event()
+        self.settled = threading.Event()
+        self.answered = _Answered(self.settled)
         self.done = threading.Event()
         self.conn: psycopg.Connection | None = None
         self.error: StoreError | None = None
@@ -1112,6 +1128,7 @@ class _Attempt:
             self.error = StoreError(f"cannot connect to the database: {e}")
         finally:
             self.done.set()
+            self.settled.set()
 
 
 def _url_timeout(url: str) -> int | None:
