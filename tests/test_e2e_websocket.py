@@ -337,6 +337,15 @@ def kill_proxy(appliance) -> int:
     return sessiond
 
 
+async def first_echo_stored(appliance, session: dict, ws, text: str) -> int:
+    """Send ``text`` and take its echo; the socket's flow id once both messages are stored."""
+    await ws.send(text)
+    assert await ws.recv() == text
+    flow_id = await asyncio.to_thread(lambda: appliance.wait_for_flows(session["id"], 1)[0]["id"])
+    await asyncio.to_thread(wait_for, message_count(appliance, flow_id, 2), 15)
+    return flow_id
+
+
 def all_messages(appliance, flow_id: int) -> list[str]:
     page = appliance.api("GET", f"/api/flows/{flow_id}/messages", params={"offset": 0, "limit": 1000}).json()
     assert page["total"] == len(page["messages"])
@@ -350,10 +359,7 @@ def test_proxy_killed_mid_socket_is_closed_by_the_next_start(ws_appliance, origi
 
     async def talk():
         async with connect(f"ws://127.0.0.1:{origins['plain'].port}/doomed", proxy=ws_appliance.proxy_url) as ws:
-            await ws.send("before the kill")
-            assert await ws.recv() == "before the kill"
-            flow_id = await asyncio.to_thread(lambda: ws_appliance.wait_for_flows(session["id"], 1)[0]["id"])
-            await asyncio.to_thread(wait_for, message_count(ws_appliance, flow_id, 2), 15)
+            flow_id = await first_echo_stored(ws_appliance, session, ws, "before the kill")
             sessiond = kill_proxy(ws_appliance)
             with pytest.raises(ConnectionClosed):
                 await ws.recv()  # the socket died with the proxy
@@ -409,10 +415,7 @@ def test_killed_session_manager_leaves_a_live_socket_open(ws_appliance, origins)
 
     async def talk():
         async with connect(f"ws://127.0.0.1:{origins['plain'].port}/survivor", proxy=ws_appliance.proxy_url) as ws:
-            await ws.send("one")
-            assert await ws.recv() == "one"
-            flow_id = await asyncio.to_thread(lambda: ws_appliance.wait_for_flows(session["id"], 1)[0]["id"])
-            await asyncio.to_thread(wait_for, message_count(ws_appliance, flow_id, 2), 15)
+            flow_id = await first_echo_stored(ws_appliance, session, ws, "one")
             old = ws_appliance.sessiond_pid()
             os.kill(old, signal.SIGKILL)
 

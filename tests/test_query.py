@@ -295,15 +295,16 @@ def leaves(draw) -> str:
     return f"~{draw(st.sampled_from(REGEX_NAMES))} {argument}"
 
 
-expressions = st.recursive(
-    leaves(),
-    lambda inner: st.one_of(
+def combined(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Expressions made of ``inner`` ones with !, & and |."""
+    return st.one_of(
         inner.map(lambda e: f"!({e})"),
         st.tuples(inner, inner).map(lambda pair: f"({pair[0]}) & ({pair[1]})"),
         st.tuples(inner, inner).map(lambda pair: f"({pair[0]}) | ({pair[1]})"),
-    ),
-    max_leaves=6,
-)
+    )
+
+
+expressions = st.recursive(leaves(), combined, max_leaves=6)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -377,11 +378,7 @@ class WithMessages:
 BODY_EXPRESSIONS = st.recursive(
     st.one_of(leaves(), st.tuples(st.sampled_from(["b", "bq", "bs"]), st.sampled_from(PATTERNS)).map(
         lambda pair: f"~{pair[0]} {_quote(pair[1])}"), st.just("~websocket")),
-    lambda inner: st.one_of(
-        inner.map(lambda e: f"!({e})"),
-        st.tuples(inner, inner).map(lambda pair: f"({pair[0]}) & ({pair[1]})"),
-        st.tuples(inner, inner).map(lambda pair: f"({pair[0]}) | ({pair[1]})"),
-    ),
+    combined,
     max_leaves=5,
 )
 
