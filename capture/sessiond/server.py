@@ -24,8 +24,8 @@ it: the instance is the same.
 
 from __future__ import annotations
 
-import json
 import itertools
+import json
 import os
 import time
 from collections import deque
