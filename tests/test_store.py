@@ -350,6 +350,20 @@ def test_ingest_deduplicates_resent_batch(store):
     assert store.get_session(sid)["flow_count"] == 3
 
 
+def test_ingest_offers_the_cpu_between_flows(store_database, clock):
+    """Either backend calls its pacer at least once per flow of a batch, and stores the batch whole."""
+    calls = []
+    s = open_store(store_database, clock=clock, pace=lambda: calls.append(1))
+    try:
+        sid = s.create_session("s")["id"]
+        calls.clear()
+        assert s.ingest("p", [(seq, [sid], wire(path=f"/{seq}")) for seq in range(1, 41)]) == 40
+        assert len(calls) >= 40
+        assert s.list_flows(sid, limit=100)[1] == 40
+    finally:
+        s.close()
+
+
 def test_ingest_keeps_instances_apart(store):
     """Sequence numbers are per instance: a new proxy instance starting at 1 is not a resend."""
     sid = store.create_session("s")["id"]

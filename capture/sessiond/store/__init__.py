@@ -37,11 +37,11 @@ def open_store(
 
     A postgresql:// URL opens the shared PostgreSQL backend (psycopg is
     imported only then); anything else is a SQLite file.  ``appliance`` is
-    stamped on every flow ingested through this store.  ``pace`` is for
-    SQLite, which works in the reactor thread.
+    stamped on every flow ingested through this store.  ``pace`` is called
+    between small pieces of ingest work (:mod:`capture.sessiond.pacing`).
     """
     if is_postgresql_url(database):
         from capture.sessiond.store.postgres import PostgresStore
 
-        return PostgresStore(database, clock=clock, appliance=appliance)
+        return PostgresStore(database, clock=clock, appliance=appliance, pace=pace)
     return SQLiteStore(database, clock=clock, pace=pace, appliance=appliance)

@@ -16,7 +16,9 @@ flow twice (and the unique index would refuse the batch if it tried).
 
 Blocking: psycopg's synchronous API.  The session manager calls this store
 from one dedicated thread (:attr:`blocking` says so), never its reactor;
-the listener has a thread and a connection of its own.  When the database
+the listener has a thread and a connection of its own.  That thread shares
+its CPU with the proxy's traffic as SQLite's reactor does, so ingest paces
+its Python work per flow the same way (:mod:`capture.sessiond.pacing`).  When the database
 cannot be reached every call fails at once with :class:`Unavailable` naming
 the cause, and the store reconnects by itself: the proxies keep their flows
 queued (and spilled) until ingest succeeds again.
@@ -51,6 +53,7 @@ from capture.messages import (
     websocket_section,
 )
 from capture.sessiond import query
+from capture.sessiond.pacing import Pacer
 from capture.sessiond.store.interface import (
     MAX_PAGE,
     BatchItem,
@@ -279,8 +282,10 @@ class PostgresStore:
         clock: Callable[[], float] = time.time,
         appliance: str = "",
         connect_timeout: int = CONNECT_TIMEOUT,
+        pace: Callable[[], None] | None = None,
     ) -> None:
         self._url = url
+        self._pace = pace or Pacer()
         self._clock = clock
         self._appliance = appliance
         self._appliance_plain = plain(appliance)
@@ -503,6 +508,7 @@ class PostgresStore:
                 if not targets:
                     continue
                 rows.append((seq, targets, columns, _ASSET(flow), record, flow))
+                self._pace()
                 if op == "open":
                     opened.add(seq)
             if rows:
@@ -541,16 +547,18 @@ class PostgresStore:
         """
         cur.execute(_FLOW_IDS, (len(rows),))
         ids = sorted(flow_id for (flow_id,) in cur.fetchall())
-        appliance = self._appliance
+        appliance, pace = self._appliance, self._pace
         counts: dict[int, int] = {}
         with cur.copy(_COPY_FLOWS) as copy:
             copy.set_types(_COPY_FLOW_TYPES)
             for flow_id, (seq, _, columns, asset, _, _) in zip(ids, rows):
                 copy.write_row((flow_id, instance, seq, appliance, *columns, asset))
+                pace()
         with cur.copy(_COPY_RECORDS) as copy:
             copy.set_types(("int8", "bytea"))
             for flow_id, row in zip(ids, rows):
                 copy.write_row((flow_id, row[4]))
+                pace()
         with cur.copy(_COPY_LINKS) as copy:
             copy.set_types(("int8", "float8", "int8"))
             for flow_id, (_, targets, columns, _, _, _) in zip(ids, rows):
