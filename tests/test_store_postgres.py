@@ -122,4 +122,5 @@ def test_migration_to_version_3_keeps_open_sockets_closable(postgres_cluster):
     finally:
         store.close()
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(3,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(4,)]
+        assert conn.execute("SELECT to_regclass('flows_time')").fetchone() == (None,)

@@ -86,7 +86,7 @@ from capture.sessiond.store.rows import (
     summary_from_row,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CHANNEL = "capture_sessions"
 
 # How often a failed connection is tried again, and how long one attempt may take
@@ -188,6 +188,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE websockets ADD COLUMN worker integer NOT NULL DEFAULT 0",
         "CREATE INDEX websockets_open ON websockets (worker) WHERE close IS NULL",
     ),
+    # v4: no index on flows (time): listings and idle sessions read the time in
+    # session_flows, so it only cost every insert a write.
+    ("DROP INDEX IF EXISTS flows_time",),
 )
 _OPS = (None, "open", "messages", "close")
 
