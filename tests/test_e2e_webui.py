@@ -4,7 +4,6 @@ check, rename, exports as attachments, onboarding and ``capturectl ui``."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Iterator
 
 import pytest

@@ -8,7 +8,6 @@ import h2.connection
 import h2.events
 from h2.errors import ErrorCodes
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import succeed
 
 from capture import config
 from capture.http.exchange import TunnelTarget
