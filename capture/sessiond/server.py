@@ -69,6 +69,7 @@ class SessionManager:
         self._rules_cache = rules_cache
         self._rules: list[dict[str, Any]] | None = _read_rules(rules_cache)
         self._session_count: int | None = None
+        self._database_seen = False  # reachable once already: the store reports changes only, so the next is a return
         exports = Exports(store)
         self._calls: dict[str, Callable[..., Any]] = {
             "sessions.list": lambda: {"sessions": store.list_sessions()},
@@ -138,7 +139,8 @@ class SessionManager:
         if event == "health":
             health = self.store.health()
             if health["reachable"]:
-                self.log.info("database reachable again")
+                self.log.info("database reachable again" if self._database_seen else "database reachable")
+                self._database_seen = True
             else:
                 self.log.warn("database unreachable: {error}", error=health["error"])
                 return
