@@ -16,11 +16,11 @@ flow twice (and the unique index would refuse the batch if it tried).
 
 Blocking: psycopg's synchronous API.  The session manager calls this store
 from one dedicated thread (:attr:`blocking` says so), never its reactor;
-the listener has a thread and a connection of its own.  That thread shares
-its CPU with the proxy's traffic as SQLite's reactor does, so ingest paces
-its Python work per flow the same way (:mod:`capture.sessiond.pacing`).  When the database
-cannot be reached every call fails at once with :class:`Unavailable` naming
-the cause, and the store reconnects by itself: the proxies keep their flows
+the listener has a thread and a connection of its own.  The store's thread
+shares its CPU with the proxy's traffic as SQLite's reactor does, so ingest
+paces its Python work per flow the same way (:mod:`capture.sessiond.pacing`).
+When the database cannot be reached every call fails at once with
+:class:`Unavailable` naming the cause, and the store reconnects by itself: the proxies keep their flows
 queued (and spilled) until ingest succeeds again.
 """
 
