@@ -20,8 +20,8 @@ the listener has a thread and a connection of its own.  The store's thread
 shares its CPU with the proxy's traffic as SQLite's reactor does, so ingest
 paces its Python work per flow the same way (:mod:`capture.sessiond.pacing`).
 When the database cannot be reached every call fails at once with
-:class:`Unavailable` naming the cause, and the store reconnects by itself: the proxies keep their flows
-queued (and spilled) until ingest succeeds again.
+:class:`Unavailable` naming the cause, and the store reconnects by itself:
+the proxies keep their flows queued (and spilled) until ingest succeeds again.
 """
 
 from __future__ import annotations
