@@ -1026,7 +1026,8 @@ def start_postgres(tmp: Path, cpus: str | None) -> tuple[Any, str, str]:
     version = subprocess.run([str(pgcluster.BIN / "postgres"), "--version"], capture_output=True, text=True,
                              timeout=30).stdout.strip().replace("postgres (PostgreSQL) ", "")
     where = f", on CPU {cpus}" if cpus else ""
-    return cluster, url, f"postgresql (PostgreSQL {version}: a throwaway local cluster, fsync and WAL file zero-filling off{where})"
+    settings = "fsync and WAL file zero-filling off"
+    return cluster, url, f"postgresql (PostgreSQL {version}: a throwaway local cluster, {settings}{where})"
 
 
 def stop_postgres(cluster: Any) -> None:

@@ -8,8 +8,9 @@ with fsync off: the tests want a real server, not one that survives a power cut.
 ``wal_init_zero=off``: a new cluster makes a WAL file every 16 MB written and
 would fill each with zeros first, which a server running for a while, reusing
 its old files, does not; in ``bench/run.py --store postgresql`` that filling
-was about a seventh of the database's CPU.  Commits stay synchronous, so a stopped (crashed) server keeps every
-transaction it acknowledged, as a production one does.
+was about a seventh of the database's CPU.  Commits stay synchronous, so a
+stopped (crashed) server keeps every transaction it acknowledged, as a
+production one does.
 """
 
 from __future__ import annotations
